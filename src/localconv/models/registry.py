@@ -55,3 +55,23 @@ def create_model(name: str, **kwargs: Any) -> Classifier:
     model.model_name = name
     model.model_kwargs = dict(kwargs)
     return model
+
+
+def model_spec(model: Classifier) -> dict[str, Any]:
+    """What a run folder stores to rebuild ``model``: a registered name + options, or a cfg spec."""
+    if getattr(model, "model_name", None):
+        return {"name": model.model_name, "kwargs": dict(getattr(model, "model_kwargs", {}))}
+    if getattr(model, "cfg_spec", None):
+        return {"name": None, "cfg": model.cfg_spec}
+    raise ModelError("model has neither a registered name nor a cfg spec; it cannot be saved in a run")
+
+
+def build_model_from_spec(spec: dict[str, Any]) -> Classifier:
+    """Inverse of :func:`model_spec`."""
+    if spec.get("name"):
+        return create_model(spec["name"], **spec.get("kwargs", {}))
+    if spec.get("cfg"):
+        from ..configs import build_cfg_model_from_spec
+
+        return build_cfg_model_from_spec(spec["cfg"])
+    raise ModelError(f"cannot rebuild a model from {spec!r}")

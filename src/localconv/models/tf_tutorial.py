@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..nn import LocallyConnected2d
+from ..nn.lrn import CrossMapLRN
 from .base import Classifier, GroupSpec, InputSpec
 from .registry import register_model
 
@@ -20,9 +21,9 @@ def trunc_normal_(w: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(w, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
-def tf_lrn() -> nn.LocalResponseNorm:
+def tf_lrn() -> CrossMapLRN:
     """``tf.nn.lrn(depth_radius=4, bias=1, alpha=0.001/9, beta=0.75)`` in PyTorch's convention."""
-    return nn.LocalResponseNorm(9, alpha=1e-3, beta=0.75, k=1.0)
+    return CrossMapLRN(9, alpha=1e-3, beta=0.75, k=1.0)
 
 
 def tf_same_maxpool() -> nn.MaxPool2d:

@@ -1,0 +1,96 @@
+"""``localconv eval``: test accuracy (precision@1) of a run, per class, with a confusion matrix."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import LocalconvError
+from .common import add_data_args, add_device_arg, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run's averaged weights on the test set")
+    p.add_argument("run", type=Path, help="run folder written by `localconv train`")
+    add_data_args(p)
+    add_device_arg(p)
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="averaged (default, falls back to raw if the recipe keeps none) or raw weights")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--multiview", action="store_true",
+                       help="average softmax over 10 views (4 corners + centre, and mirrors)")
+    views.add_argument("--flip", action="store_true", help="average softmax over the centre view and its mirror")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test set, or the run's own validation split")
+    p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--confusion", type=Path, default=None, help="write the confusion matrix (.csv or .png)")
+    p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "n": ..., ...} only')
+    p.set_defaults(func=run)
+
+
+def write_confusion(path: Path, confusion, classes: list[str]) -> None:  # noqa: ANN001
+    if path.suffix.lower() == ".png":
+        from ..reports.plots import plot_confusion
+
+        plot_confusion(confusion, classes, path)
+        return
+    if path.suffix.lower() != ".csv":
+        raise LocalconvError(f"--confusion {path}: use a .csv or .png file name")
+    lines = ["true\\pred," + ",".join(classes)]
+    lines += [classes[i] + "," + ",".join(str(int(v)) for v in row) for i, row in enumerate(confusion.tolist())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.loader import select_splits
+    from ..training.checkpoint import load_run
+    from ..training.engine import resolve_device
+    from ..training.evaluate import evaluate
+    from .common import load_data
+
+    device = resolve_device(args.device)
+    model, meta = load_run(args.run, which=args.weights, device=str(device))
+    data_args = meta.get("data", {}).get("args", {})
+    data = load_data(args.data or data_args.get("data"), args.cache_dir, progress=not args.json)
+    if args.split == "val":
+        if not data_args.get("val_split"):
+            raise LocalconvError(f"--split val: run {args.run} was trained without --val-split")
+        splits = select_splits(data.train_images, data.train_labels, data.test_images, data.test_labels,
+                               limit_train=1, val_split=data_args["val_split"])
+        images, labels = splits.val_images, splits.val_labels
+    else:
+        splits = select_splits(data.train_images[:1], data.train_labels[:1], data.test_images, data.test_labels,
+                               limit_test=args.limit_test)
+        images, labels = splits.test_images, splits.test_labels
+    if list(data.classes) != list(meta.get("classes", data.classes)):
+        raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {meta['classes']}")
+    views = "multiview" if args.multiview else "flip" if args.flip else "single"
+    amp = device.type == "cuda"
+    result = evaluate(model, images.to(device), labels.to(device), views=views, batch_size=args.batch_size, amp=amp)
+    per_class = result.per_class_accuracy()
+    out = {"accuracy": result.accuracy, "n": result.n, "split": args.split, "views": views,
+           "weights": args.weights if "ema" in meta["files"] else "raw", "run": str(args.run),
+           "model": meta["model"].get("name") or "cfg", "step": meta["step"],
+           "per_class": dict(zip(data.classes, per_class))}
+    from ..reports.calibration import expected_calibration_error
+
+    out["ece"] = expected_calibration_error(result.probs, result.labels)
+    if args.confusion:
+        write_confusion(args.confusion, result.confusion(), list(data.classes))
+        out["confusion_file"] = str(args.confusion)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.run}: {args.split} precision@1 = {result.accuracy:.4f} on {result.n} images "
+          f"({views} view{'s' if views != 'single' else ''}, {out['weights']} weights, step {meta['step']})")
+    for name, acc in zip(data.classes, per_class):
+        print(f"  {name:<12} {acc:.4f}")
+    print(f"expected calibration error: {out['ece']:.4f}")
+    if args.confusion:
+        print(f"confusion matrix written to {args.confusion}", file=sys.stderr)
+    del torch
+    return 0

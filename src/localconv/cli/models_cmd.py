@@ -1,0 +1,29 @@
+"""``localconv models``: the built-in models with their parameter counts."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list built-in models with parameter counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.registry import create_model, list_models, model_description
+
+    rows = []
+    for name in list_models():
+        model = create_model(name)
+        rows.append({"name": name, "params": sum(p.numel() for p in model.parameters()),
+                     "input": model.input_spec.crop, "description": model_description(name)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{width}}  {'params':>10}  input  description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['params']:>10,}  {r['input']:>5}  {r['description']}")
+    return 0

@@ -1,0 +1,48 @@
+"""``localconv predict``: top-k classes with softmax probabilities for image files."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_device_arg, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("images", nargs="+", type=Path, help="image files (any size; resized to 32x32)")
+    p.add_argument("--top-k", type=positive_int, default=3)
+    p.add_argument("--views", choices=("single", "flip", "multiview"), default="single")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    p.add_argument("--json", action="store_true")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..data import read_image
+    from ..training.checkpoint import load_run
+    from ..training.engine import resolve_device
+    from ..training.evaluate import predict_probs
+
+    images = np.stack([read_image(p) for p in args.images])  # validate every file before any work
+    device = resolve_device(args.device)
+    model, meta = load_run(args.run, which=args.weights, device=str(device))
+    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
+    probs = predict_probs(model, torch.from_numpy(images).to(device), views=args.views)
+    k = min(args.top_k, probs.shape[1])
+    top_p, top_i = probs.topk(k, dim=1)
+    results = []
+    for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist()):
+        results.append({"image": str(path), "top": [{"class": classes[i], "probability": p} for p, i in zip(ps, idx)]})
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        ranked = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+        print(f"{r['image']}: {ranked}")
+    return 0

@@ -1,0 +1,117 @@
+"""``localconv train``: train a built-in or cfg-defined model into a run folder."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import LocalconvError
+from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
+                     positive_float, positive_int)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics.jsonl and run.json to --out",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--recipe", choices=("original", "fast"), default=None,
+                   help="training procedure (default: original on CPU, fast on CUDA)")
+    p.add_argument("--epochs", type=positive_float, default=None, help="epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="minibatch size (default: the recipe's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (TF models, fast recipe)")
+    p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply every learning rate")
+    p.add_argument("--schedule", default=None,
+                   help='phases "EPOCHS:MULT,..." of learning-rate multipliers, e.g. "350:1,150:1,10:0.1,10:0.01"')
+    p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p)
+    p.add_argument("--limit-train", type=positive_int, default=None, help="train on N images only")
+    p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
+    p.add_argument("--val-split", type=non_negative_int, default=0,
+                   help="hold out N training images for validation (evaluated instead of test during training)")
+    p.add_argument("--eval-every", type=non_negative_int, default=1, help="epochs between evaluations")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs between checkpoints")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip batches whose loss is NaN/Inf")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "seed", "device", "amp", "compile",
+               "eval_every", "checkpoint_every", "skip_nonfinite")
+DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split")
+
+
+def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Options, data arguments and model of the run being resumed (explicit CLI values win for a few keys)."""
+    from ..models.registry import build_model_from_spec
+    from ..training.checkpoint import read_meta
+
+    meta = read_meta(args.out)
+    options = dict(meta["options"])
+    if args.epochs is not None:  # allow extending a finished run
+        options["epochs"] = args.epochs
+    options["progress"] = not args.no_progress
+    if args.device != "auto":
+        options["device"] = args.device
+    data_args = dict(meta["data"].get("args", {}))
+    if args.data:
+        data_args["data"] = args.data
+    return options, data_args, build_model_from_spec(meta["model"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.loader import select_splits
+    from ..training.checkpoint import RUN_FILE
+    from ..training.engine import Trainer, TrainOptions
+
+    out: Path = args.out
+    resume = bool(args.resume and (out / RUN_FILE).exists())
+    if (out / RUN_FILE).exists() and not args.resume:
+        raise LocalconvError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise LocalconvError(f"--out {out} exists and is not a folder")
+    if resume:
+        options_d, data_args, model = _resume_args(args)
+        names = {f.name for f in fields(TrainOptions)}
+        options = TrainOptions(**{k: v for k, v in options_d.items() if k in names})
+    else:
+        model = model_from_args(args)
+        data_args = {k: (str(getattr(args, k)) if k in ("data", "cache_dir") and getattr(args, k) else getattr(args, k))
+                     for k in DATA_KEYS}
+        if data_args["data"]:
+            data_args["data"] = str(Path(data_args["data"]).resolve())
+        recipe = args.recipe
+        if recipe is None:
+            from ..training.engine import resolve_device
+
+            recipe = "fast" if resolve_device(args.device).type == "cuda" else "original"
+        options = TrainOptions(**{k: getattr(args, k) for k in OPTION_KEYS if k != "recipe"}, recipe=recipe,
+                               progress=not args.no_progress)
+    options.validate()
+    data = load_data(data_args.get("data"), Path(data_args["cache_dir"]) if data_args.get("cache_dir") else None,
+                     progress=options.progress)
+    splits = select_splits(data.train_images, data.train_labels, data.test_images, data.test_labels,
+                           limit_train=data_args.get("limit_train"), val_split=data_args.get("val_split") or 0,
+                           limit_test=data_args.get("limit_test"))
+    info = {"source": data.source, "args": data_args, "n_train": int(splits.train_labels.numel()),
+            "n_val": int(splits.val_labels.numel()) if splits.val_labels is not None else 0,
+            "n_test": int(splits.test_labels.numel())}
+    trainer = Trainer(model, splits, out, options, data_info=info, classes=list(data.classes), resume=resume)
+    print(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
+          f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}; run folder {out}", file=sys.stderr)
+    state = trainer.fit()
+    if trainer.stop_reason == "interrupted":
+        print(f"interrupted: checkpoint written at step {state.step}; continue with "
+              f"`localconv train --resume --out {out}`", file=sys.stderr)
+        return 130
+    acc = state.last_accuracy
+    print(f"done: step {state.step}, {trainer.splits.eval_split} accuracy "
+          f"{acc:.4f}" if acc is not None else f"done: step {state.step}", file=sys.stderr)
+    return 0

@@ -1,0 +1,450 @@
+"""Per-layer statistics of a training run, gathered by forward hooks (what the doctor looks at).
+
+:class:`LayerMonitor` is a training :class:`~localconv.training.engine.Callback`. On every
+``every``-th step it records, for each weight layer (a module that owns a weight matrix or
+filter bank: ``nn.Conv2d``, ``nn.Linear``, :class:`~localconv.nn.LocallyConnected2d`, the
+cuda-convnet layers...), in forward order:
+
+* the layer's activations after its nonlinearity: mean, RMS, *signal* (the spread between the
+  images of the batch, i.e. what carries information) and the fraction of dead ReLU units;
+* the same signal of the layer's input, so that gains are judged relative to the input's scale;
+* the gradient arriving at the layer's activations and the one it passes on to its input
+  (per-image norms), the weight gradient, and the update/weight ratio of the optimizer step.
+
+The nonlinearity of a layer is the first activation module (``nn.ReLU``, a cuda-convnet neuron...)
+run after the layer starts and before the next weight layer: that covers both a ``neuron``
+inside the layer (cuda-convnet ops) and a shared ``self.relu`` applied outside it (TF models).
+
+Every training step, also unmonitored ones, each layer's output is checked for NaN/Inf
+(a reduction on the device, read only when the loss turns non-finite), so that a non-finite
+loss can be traced to the first layer where it appeared (:attr:`LayerMonitor.nonfinite`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..training.engine import Callback
+
+if TYPE_CHECKING:
+    from ..training.engine import Trainer
+
+# Modules whose class lives in these modules count as a layer's nonlinearity.
+ACTIVATION_MODULES = ("torch.nn.modules.activation", "localconv.nn.neurons")
+
+
+def is_activation(module: nn.Module) -> bool:
+    return type(module).__module__ in ACTIVATION_MODULES and not any(True for _ in module.parameters())
+
+
+def is_rectifier(module: nn.Module | None) -> bool:
+    """Activations whose units can die: output stuck at 0 for every input (ReLU, brelu, ReLU6)."""
+    if isinstance(module, (nn.ReLU, nn.ReLU6)):
+        return True
+    return isinstance(module, nn.Hardtanh) and module.min_val == 0.0
+
+
+def weight_params(module: nn.Module) -> list[nn.Parameter]:
+    """The weight matrices / filter banks a module owns itself (``weight``, ``weight_1``...)."""
+    return [p for p in module.parameters(recurse=False) if p.ndim >= 2]
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Named modules that own weights, in registration order."""
+    return {name: m for name, m in model.named_modules() if name and weight_params(m)}
+
+
+@dataclass
+class LayerStats:
+    """One layer at one monitored step (floats; None where not applicable)."""
+
+    step: int
+    act_mean: float            # mean of the activations (after the nonlinearity)
+    act_rms: float             # root mean square of the activations
+    signal: float              # RMS over units of each unit's std across the batch's images
+    in_signal: float           # the same for the layer's input
+    dead_frac: float | None    # rectifier units at 0 for every image of the batch (None: no rectifier)
+    grad_out: float | None     # RMS over images of |dLoss/d activations| (per-image norm)
+    grad_in: float | None      # RMS over images of |dLoss/d input| (None: the input needs no gradient)
+    weight_rms: float          # RMS of the layer's weights (before the step)
+    grad_rms: float | None     # RMS of the weight gradient
+    update_ratio: float | None  # |W_after - W_before| / |W_before| of this step
+    finite_act: bool = True
+    finite_grad: bool = True
+    finite_weight: bool = True
+
+    @property
+    def forward_gain(self) -> float:
+        """How much of its input's image-to-image variation the layer passes on (~1 = fan-in scaled)."""
+        return self.signal / self.in_signal if self.in_signal > 0 else math.nan
+
+    @property
+    def backward_gain(self) -> float | None:
+        """How much of the gradient reaching the layer it passes on to the layers below."""
+        if self.grad_in is None or self.grad_out is None or not self.grad_out > 0:
+            return None
+        return self.grad_in / self.grad_out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["forward_gain"] = self.forward_gain
+        d["backward_gain"] = self.backward_gain
+        return d
+
+
+@dataclass
+class OutputStats:
+    """The logits at one monitored step."""
+
+    step: int
+    loss: float
+    logit_std: float          # spread of the logits (all images and classes)
+    max_prob: float           # mean over images of the top softmax probability
+    saturated_frac: float     # images whose top probability exceeds 0.999
+
+
+@dataclass
+class NonFiniteEvent:
+    """Where NaN/Inf first showed up: ``where`` is 'weights', 'activations', 'gradients' or 'loss'."""
+
+    step: int
+    layer: str | None
+    where: str
+    loss: float
+
+
+@dataclass
+class MonitorHistory:
+    """Everything a monitor recorded; checks read this."""
+
+    layers: list[str] = field(default_factory=list)                 # weight layers in forward order
+    stats: dict[str, list[LayerStats]] = field(default_factory=dict)  # layer -> one entry per monitored step
+    outputs: list[OutputStats] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)    # (step, loss) of every step seen
+    nonfinite: NonFiniteEvent | None = None
+    rectified: dict[str, bool] = field(default_factory=dict)        # layer -> has a rectifier
+    num_classes: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "num_classes": self.num_classes,
+                "stats": {k: [s.to_dict() for s in v] for k, v in self.stats.items()},
+                "outputs": [asdict(o) for o in self.outputs],
+                "losses": self.losses,
+                "nonfinite": asdict(self.nonfinite) if self.nonfinite else None}
+
+
+def _signal(t: torch.Tensor) -> torch.Tensor:
+    """RMS over units of the std across images: the part of a batch that differs between images."""
+    flat = t.detach().float().flatten(1)
+    if flat.shape[0] < 2:
+        return flat.new_zeros(())
+    return flat.var(dim=0).mean().sqrt()
+
+
+def _per_image_norm_rms(g: torch.Tensor) -> torch.Tensor:
+    return g.detach().float().flatten(1).norm(dim=1).pow(2).mean().sqrt()
+
+
+class _Probe:
+    """Hook state of one layer during one forward/backward."""
+
+    __slots__ = ("inputs", "output", "act", "act_module", "grad_out", "grad_in", "finite")
+
+    def __init__(self) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.output: torch.Tensor | None = None
+        self.act: torch.Tensor | None = None
+        self.act_module: nn.Module | None = None
+        self.grad_out: torch.Tensor | None = None
+        self.grad_in: torch.Tensor | None = None
+        self.finite: torch.Tensor | None = None
+
+
+class LayerHooks:
+    """Forward hooks on a model's weight layers and activations; used by the monitor and the NaN locator.
+
+    ``detail`` False: only each layer's finiteness is kept (cheap, every step); True: inputs,
+    activations and their gradients are kept for :class:`LayerMonitor` to summarise.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = weight_layers(model)
+        self.order: list[str] = []        # forward order, learned from the first forward
+        self.probes: dict[str, _Probe] = {}
+        self.detail = False
+        self.enabled = True
+        self.logits: torch.Tensor | None = None
+        self._current: str | None = None  # the weight layer whose nonlinearity is still to come
+        self._handles: list[Any] = []
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            self._handles.append(module.register_forward_hook(self._post_hook(name)))
+        for module in model.modules():
+            if is_activation(module):
+                self._handles.append(module.register_forward_hook(self._activation_hook))
+        self._handles.append(model.register_forward_pre_hook(self._model_pre_hook))
+        self._handles.append(model.register_forward_hook(self._model_hook))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _active(self, module: nn.Module) -> bool:
+        return self.enabled and module.training and torch.is_grad_enabled()
+
+    def _model_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._active(module):
+            self.probes = {}
+            self._current = None
+
+    def _model_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._active(module) and isinstance(output, torch.Tensor):
+            self.logits = output.detach()
+            self._current = None
+
+    def _pre_hook(self, name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not self._active(module):
+                return
+            if name not in self.order:
+                self.order.append(name)
+            probe = self.probes.setdefault(name, _Probe())
+            self._current = name
+            if self.detail:
+                probe.inputs = [a for a in args if isinstance(a, torch.Tensor)]
+                for a in probe.inputs[:1]:
+                    if a.requires_grad:
+                        a.register_hook(self._grad_setter(probe, "grad_in"))
+
+        return hook
+
+    def _post_hook(self, name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not self._active(module) or not isinstance(output, torch.Tensor):
+                return
+            probe = self.probes.setdefault(name, _Probe())
+            probe.output = output
+            probe.finite = torch.isfinite(output.detach()).all()
+            if probe.act is None and self.detail and output.requires_grad:
+                # no nonlinearity inside: until one runs, the output is the activation
+                output.register_hook(self._grad_setter(probe, "grad_out", only_if_no_act=True))
+
+        return hook
+
+    def _activation_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._active(module) or self._current is None or not isinstance(output, torch.Tensor):
+            return
+        probe = self.probes.setdefault(self._current, _Probe())
+        self._current = None  # one nonlinearity per layer
+        probe.act, probe.act_module = output, module
+        probe.finite = torch.isfinite(output.detach()).all() & (probe.finite if probe.finite is not None else True)
+        if self.detail and output.requires_grad:
+            output.register_hook(self._grad_setter(probe, "grad_out"))
+
+    @staticmethod
+    def _grad_setter(probe: _Probe, attr: str, only_if_no_act: bool = False):  # noqa: ANN205
+        def hook(grad: torch.Tensor) -> None:
+            if only_if_no_act and probe.act is not None:
+                return
+            setattr(probe, attr, grad.detach())
+
+        return hook
+
+    def activation(self, name: str) -> torch.Tensor | None:
+        probe = self.probes.get(name)
+        if probe is None:
+            return None
+        return probe.act if probe.act is not None else probe.output
+
+    def forward_order(self) -> list[str]:
+        """Weight layers in the order the last forward ran them (registration order before any)."""
+        return list(self.order) + [n for n in self.layers if n not in self.order]
+
+
+def locate_nonfinite(model: nn.Module, hooks: LayerHooks | None = None) -> tuple[str | None, str]:
+    """The first layer in forward order whose weights or last activations are non-finite, then
+    (backward order, where backpropagation produced it first) the layer with a non-finite
+    weight gradient; ``(None, 'loss')`` when every layer is finite."""
+    layers = weight_layers(model)
+    order = hooks.forward_order() if hooks is not None else list(layers)
+    for name in order:
+        if not all(bool(torch.isfinite(p).all()) for p in weight_params(layers[name])):
+            return name, "weights"
+        probe = hooks.probes.get(name) if hooks is not None else None
+        if probe is not None and probe.finite is not None and not bool(probe.finite):
+            return name, "activations"
+    for name in reversed(order):
+        grads = [p.grad for p in layers[name].parameters(recurse=False) if p.grad is not None]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            return name, "gradients"
+    return None, "loss"
+
+
+def first_nonfinite_layer(model: nn.Module, inputs: torch.Tensor | None = None) -> str | None:
+    """Name of the first layer (forward order) whose weights or activations are NaN/Inf.
+
+    With ``inputs`` the model is run once on them (in training mode, gradients on, nothing
+    updated) to see which layer's output first turns non-finite; without, only weights and
+    gradients are inspected. For the engine, after a non-finite loss.
+    """
+    hooks = LayerHooks(model)
+    try:
+        if inputs is not None:
+            was_training = model.training
+            model.train()
+            with torch.enable_grad():
+                model(inputs)
+            model.train(was_training)
+        name, _ = locate_nonfinite(model, hooks)
+    finally:
+        hooks.remove()
+    return name
+
+
+class LayerMonitor(Callback):
+    """Records :class:`LayerStats` of every weight layer every ``every`` steps (see module doc).
+
+    ``keep_tensors``: also keep the last monitored step's activations and their gradients
+    (``last_tensors``), for TensorBoard histograms.
+    """
+
+    def __init__(self, every: int = 10, keep_tensors: bool = False) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.keep_tensors = keep_tensors
+        self.history = MonitorHistory()
+        self.hooks: LayerHooks | None = None
+        self.last_tensors: dict[str, dict[str, torch.Tensor]] = {}
+        self._armed = False
+        self._step = 0
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._before: dict[str, list[torch.Tensor]] = {}
+        self._output: dict[str, torch.Tensor] | None = None
+        self._loss: torch.Tensor | None = None
+
+    # ----------------------------------------------------------- attachment
+    def attach(self, model: nn.Module, step: int = 0) -> None:
+        self.detach()
+        self.hooks = LayerHooks(model)
+        self.history.num_classes = int(getattr(model, "num_classes", 10))
+        self._arm(step)
+
+    def detach(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
+
+    def _arm(self, step: int) -> None:
+        self._step = step
+        self._armed = step % self.every == 0
+        if self.hooks is not None:
+            self.hooks.detail = self._armed
+
+    # ------------------------------------------------------ engine callbacks
+    def on_train_start(self, trainer: "Trainer") -> None:
+        self.attach(trainer.model, trainer.state.step)
+
+    def on_train_end(self, trainer: "Trainer") -> None:  # noqa: ARG002
+        self.detach()
+
+    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None:  # noqa: ARG002
+        self.observe_backward(loss)
+
+    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        self.observe_step(loss)
+        self._arm(trainer.state.step + 1)
+
+    # ------------------------------------------- usable without the engine too
+    def observe_backward(self, loss: torch.Tensor) -> None:
+        """Call after ``loss.backward()`` and before ``optimizer.step()``."""
+        hooks = self.hooks
+        if hooks is None:
+            return
+        self._loss = loss.detach()
+        if self.history.nonfinite is None and not bool(torch.isfinite(self._loss)):
+            name, where = locate_nonfinite(hooks.model, hooks)
+            self.history.nonfinite = NonFiniteEvent(self._step, name, where, float(self._loss))
+        if not self._armed:
+            return
+        self._pending, self._before = {}, {}
+        for name in hooks.forward_order():
+            probe = hooks.probes.get(name)
+            if probe is None or probe.output is None:
+                continue
+            module = hooks.layers[name]
+            weights = [p.detach() for p in weight_params(module)]
+            grads = [p.grad.detach() for p in weight_params(module) if p.grad is not None]
+            act = probe.act if probe.act is not None else probe.output
+            flat = act.detach().float().flatten(1)
+            values = {
+                "act_mean": flat.mean(), "act_rms": flat.pow(2).mean().sqrt(), "signal": _signal(act),
+                "in_signal": torch.stack([_signal(x) for x in probe.inputs]).pow(2).mean().sqrt()
+                if probe.inputs else flat.new_zeros(()),
+                "weight_rms": torch.cat([w.float().flatten() for w in weights]).pow(2).mean().sqrt(),
+                "finite_act": torch.isfinite(act.detach()).all(),
+                "finite_weight": torch.stack([torch.isfinite(w).all() for w in weights]).all(),
+            }
+            if is_rectifier(probe.act_module):
+                values["dead_frac"] = (flat <= 0).all(dim=0).float().mean()
+            if probe.grad_out is not None:
+                values["grad_out"] = _per_image_norm_rms(probe.grad_out)
+            if probe.grad_in is not None:
+                values["grad_in"] = _per_image_norm_rms(probe.grad_in)
+            if grads:
+                g = torch.cat([x.float().flatten() for x in grads])
+                values["grad_rms"] = g.pow(2).mean().sqrt()
+                values["finite_grad"] = torch.isfinite(g).all()
+            self._pending[name] = values
+            self._before[name] = [w.clone() for w in weights]
+            if self.keep_tensors:
+                kept = {"activation": act.detach()}
+                if probe.grad_out is not None:
+                    kept["activation_grad"] = probe.grad_out
+                self.last_tensors[name] = kept
+        logits = hooks.logits
+        if logits is not None:
+            probs = torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+            self._output = {"logit_std": logits.float().std() if logits.numel() > 1 else logits.new_zeros(()),
+                            "max_prob": probs.mean(), "saturated_frac": (probs > 0.999).float().mean()}
+        else:
+            self._output = None
+
+    def observe_step(self, loss: torch.Tensor) -> None:
+        """Call after ``optimizer.step()`` (or after a skipped step)."""
+        hooks = self.hooks
+        if hooks is None:
+            return
+        loss_value = float(loss.detach())
+        self.history.losses.append((self._step, loss_value))
+        if not self._armed or not self._pending:
+            return
+        order = hooks.forward_order()
+        self.history.layers = [n for n in order if n in self._pending] or self.history.layers
+        for name, values in self._pending.items():
+            module = hooks.layers[name]
+            before = self._before[name]
+            after = [p.detach() for p in weight_params(module)]
+            delta = torch.stack([(a.float() - b.float()).pow(2).sum() for a, b in zip(after, before)]).sum().sqrt()
+            norm = torch.stack([b.float().pow(2).sum() for b in before]).sum().sqrt()
+            values["update_ratio"] = delta / norm if bool(norm > 0) else None
+            floats = {k: (None if v is None else float(v)) for k, v in values.items()}
+            stats = LayerStats(
+                step=self._step, act_mean=floats["act_mean"], act_rms=floats["act_rms"], signal=floats["signal"],
+                in_signal=floats["in_signal"], dead_frac=floats.get("dead_frac"), grad_out=floats.get("grad_out"),
+                grad_in=floats.get("grad_in"), weight_rms=floats["weight_rms"], grad_rms=floats.get("grad_rms"),
+                update_ratio=floats["update_ratio"], finite_act=bool(floats["finite_act"]),
+                finite_grad=bool(floats.get("finite_grad", True)), finite_weight=bool(floats["finite_weight"]))
+            self.history.stats.setdefault(name, []).append(stats)
+            probe = hooks.probes.get(name)
+            self.history.rectified[name] = probe is not None and is_rectifier(probe.act_module)
+        if self._output is not None:
+            self.history.outputs.append(OutputStats(self._step, loss_value,
+                                                    **{k: float(v) for k, v in self._output.items()}))
+        self._pending, self._before, self._output = {}, {}, None

@@ -1,0 +1,309 @@
+"""Fused Triton kernels for the locally connected layer: forward, input gradient, weight gradient.
+
+Imported lazily by :mod:`localconv.nn.functional` (the package works without triton). Each kernel
+reads the input through its strides and builds the im2col tile in registers ("implicit GEMM"), so
+no unfolded copy of the input is ever stored. Layouts are the public ones::
+
+    x       [N, C, H, W]        (any strides: NCHW, channels_last, sliced views)
+    weight  [OH, OW, O, C, KH, KW]  contiguous; per output position l = oh*OW + ow a [O, K] matrix,
+                                    K = C*KH*KW in (c, u, v) order
+    bias    [O, OH, OW]         contiguous
+    y, gy   [N, O, OH, OW]      (any strides)
+
+The three kernels are wrapped as ``torch.library`` custom ops (``localconv::local_conv2d_*``) so that
+``torch.compile`` treats them as opaque calls with known output shapes. Padding is given as the
+top/left offsets only: rows/columns past the input (bottom/right padding) read as zeros, and the
+output size is the weight's.
+
+All offsets are 32-bit: :func:`unsupported_reason` refuses tensors of 2**31 elements or more.
+"""
+# No "from __future__ import annotations": torch.library reads the op signatures at runtime.
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+_INT32_LIMIT = 2**31 - 1
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                    N, C, H, W, O, OW, L,
+                    sxn, sxc, sxh, sxw, syn, syo, syh, syw,
+                    PT, PL,
+                    SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One program: output position l, a block of images, a block of output channels.
+    # y[n, o, l] = sum_k x_col[n, k, l] * w[l, o, k]: a [BLOCK_N, K] x [K, BLOCK_O] GEMM.
+    pid_l = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_o = tl.program_id(2)
+    oh = pid_l // OW
+    ow = pid_l % OW
+    K = C * KH * KW
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    n_mask = offs_n < N
+    o_mask = offs_o < O
+    ih0 = oh * SH - PT
+    iw0 = ow * SW - PL
+    x_rows = x_ptr + offs_n[:, None] * sxn
+    w_cols = w_ptr + pid_l * O * K + offs_o[None, :] * K
+    acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        c = offs_k // (KH * KW)
+        tap = offs_k % (KH * KW)
+        ih = ih0 + tap // KW
+        iw = iw0 + tap % KW
+        k_in = k_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_tile = tl.load(x_rows + (c * sxc + ih * sxh + iw * sxw)[None, :],
+                         mask=n_mask[:, None] & k_in[None, :], other=0.0)
+        w_tile = tl.load(w_cols + offs_k[:, None], mask=k_mask[:, None] & o_mask[None, :], other=0.0)
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_o * L + pid_l, mask=o_mask, other=0.0)
+        acc += b[None, :].to(tl.float32)
+    y_ptrs = y_ptr + offs_n[:, None] * syn + offs_o[None, :] * syo + oh * syh + ow * syw
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & o_mask[None, :])
+
+
+@triton.jit
+def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
+                       N, C, H, W, O, OH, OW,
+                       sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
+                       PT, PL,
+                       SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                       PRECISION: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
+    # Gather form (no atomics, deterministic): one program owns input pixel (ih, iw) for a block of
+    # images and channels, and sums over the <= KH*KW output positions whose window covers it:
+    # gx[n, c, ih, iw] = sum_{taps (u, v)} sum_o gy[n, o, oh, ow] * w[oh, ow, o, c, u, v].
+    pid_p = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    ih = pid_p // W
+    iw = pid_p % W
+    K = C * KH * KW
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    n_mask = offs_n < N
+    c_mask = offs_c < C
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for u in tl.static_range(KH):
+        th = ih + PT - u
+        oh = th // SH
+        row_ok = (th >= 0) & (th % SH == 0) & (oh < OH)
+        for v in tl.static_range(KW):
+            tw = iw + PL - v
+            ow = tw // SW
+            if row_ok & (tw >= 0) & (tw % SW == 0) & (ow < OW):
+                gy_rows = gy_ptr + offs_n[:, None] * sgn + oh * sgh + ow * sgw
+                w_tap = w_ptr + (oh * OW + ow) * O * K + offs_c[None, :] * (KH * KW) + (u * KW + v)
+                for o0 in range(0, O, BLOCK_O):
+                    offs_o = o0 + tl.arange(0, BLOCK_O)
+                    o_mask = offs_o < O
+                    gy_tile = tl.load(gy_rows + offs_o[None, :] * sgo,
+                                      mask=n_mask[:, None] & o_mask[None, :], other=0.0)
+                    w_tile = tl.load(w_tap + offs_o[:, None] * K,
+                                     mask=o_mask[:, None] & c_mask[None, :], other=0.0)
+                    acc = tl.dot(gy_tile, w_tile, acc, input_precision=PRECISION)
+    gx_ptrs = gx_ptr + offs_n[:, None] * sxn + offs_c[None, :] * sxc + ih * sxh + iw * sxw
+    tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=n_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _grad_weight_kernel(gy_ptr, x_ptr, gw_ptr,
+                        N, C, H, W, O, OW,
+                        sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
+                        PT, PL,
+                        SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                        PRECISION: tl.constexpr,
+                        BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    # gw[l, o, k] = sum_n gy[n, o, l] * x_col[n, k, l]: per position a [O, N] x [N, K] GEMM.
+    pid_l = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    oh = pid_l // OW
+    ow = pid_l % OW
+    K = C * KH * KW
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    o_mask = offs_o < O
+    k_mask = offs_k < K
+    c = offs_k // (KH * KW)
+    tap = offs_k % (KH * KW)
+    ih = oh * SH - PT + tap // KW
+    iw = ow * SW - PL + tap % KW
+    k_in = k_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    x_cols = x_ptr + (c * sxc + ih * sxh + iw * sxw)[None, :]
+    gy_rows = gy_ptr + offs_o[:, None] * sgo + oh * sgh + ow * sgw
+    acc = tl.zeros((BLOCK_O, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        gy_tile = tl.load(gy_rows + offs_n[None, :] * sgn, mask=o_mask[:, None] & n_mask[None, :], other=0.0)
+        x_tile = tl.load(x_cols + offs_n[:, None] * sxn, mask=n_mask[:, None] & k_in[None, :], other=0.0)
+        acc = tl.dot(gy_tile, x_tile, acc, input_precision=PRECISION)
+    gw_ptrs = gw_ptr + pid_l * O * K + offs_o[:, None] * K + offs_k[None, :]
+    tl.store(gw_ptrs, acc.to(gw_ptr.dtype.element_ty), mask=o_mask[:, None] & k_mask[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch heuristics (tl.dot needs every tile side >= 16).
+
+
+def _block(n: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's own matmul switch, as the portable backend's bmm does.
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def default_configs(n: int, c: int, o: int, k: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
+    """Tile sizes per kernel for one problem; ``launch_*`` accept an override for tuning sweeps."""
+    wide = 64 if dtype != torch.float32 else 32
+    return {
+        "forward": {"BLOCK_N": _block(n, 64), "BLOCK_O": _block(o, 64), "BLOCK_K": _block(k, wide),
+                    "num_warps": 4},
+        "grad_input": {"BLOCK_N": _block(n, 64), "BLOCK_C": _block(c, 64), "BLOCK_O": _block(o, wide),
+                       "num_warps": 4},
+        "grad_weight": {"BLOCK_O": _block(o, 64), "BLOCK_K": _block(k, 64), "BLOCK_N": _block(n, wide),
+                        "num_warps": 4},
+    }
+
+
+def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       allow_cpu: bool = False) -> str | None:
+    """Why these tensors cannot go through the Triton kernels, or None if they can."""
+    if x.device.type != "cuda" and not (allow_cpu and x.device.type == "cpu"):
+        return f"tensors are on {x.device.type}, the kernels run on CUDA"
+    tensors = [x, weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != x.dtype for t in tensors):
+        return "input, weight and bias have different dtypes"
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {x.dtype} (supported: float32, float16, bfloat16)"
+    out_numel = x.shape[0] * weight.shape[0] * weight.shape[1] * weight.shape[2]
+    if max(x.numel(), weight.numel(), out_numel) > _INT32_LIMIT:
+        return "a tensor has 2**31 elements or more (the kernels use 32-bit offsets)"
+    if x.numel() == 0 or out_numel == 0:
+        return "empty tensor"
+    return None
+
+
+def _out_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: tuple[int, int], pad_top_left: tuple[int, int],
+                   config: dict[str, int] | None = None) -> torch.Tensor:
+    n, c, h, w = x.shape
+    oh, ow, o, _, kh, kw = weight.shape
+    weight = weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    y = torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=_out_format(x))
+    cfg = dict(config or default_configs(n, c, o, c * kh * kw, x.dtype)["forward"])
+    num_warps = cfg.pop("num_warps", 4)
+    grid = (oh * ow, triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(o, cfg["BLOCK_O"]))
+    _forward_kernel[grid](
+        x, weight, bias if bias is not None else weight, y,
+        n, c, h, w, o, ow, oh * ow,
+        *x.stride(), *y.stride(),
+        pad_top_left[0], pad_top_left[1],
+        SH=stride[0], SW=stride[1], KH=kh, KW=kw,
+        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
+        num_warps=num_warps, **cfg)
+    return y
+
+
+def launch_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int],
+                      stride: tuple[int, int], pad_top_left: tuple[int, int],
+                      memory_format: torch.memory_format = torch.contiguous_format,
+                      config: dict[str, int] | None = None) -> torch.Tensor:
+    n, c, h, w = input_shape
+    oh, ow, o, _, kh, kw = weight.shape
+    weight = weight.contiguous()
+    gx = torch.empty((n, c, h, w), device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format)
+    cfg = dict(config or default_configs(n, c, o, c * kh * kw, grad_out.dtype)["grad_input"])
+    num_warps = cfg.pop("num_warps", 4)
+    grid = (h * w, triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(c, cfg["BLOCK_C"]))
+    _grad_input_kernel[grid](
+        grad_out, weight, gx,
+        n, c, h, w, o, oh, ow,
+        *grad_out.stride(), *gx.stride(),
+        pad_top_left[0], pad_top_left[1],
+        SH=stride[0], SW=stride[1], KH=kh, KW=kw, PRECISION=_precision(grad_out.dtype),
+        num_warps=num_warps, **cfg)
+    return gx
+
+
+def launch_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int],
+                       stride: tuple[int, int], pad_top_left: tuple[int, int],
+                       config: dict[str, int] | None = None) -> torch.Tensor:
+    n, c, h, w = x.shape
+    oh, ow, o, _, kh, kw = weight_shape
+    k = c * kh * kw
+    gw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
+    cfg = dict(config or default_configs(n, c, o, k, x.dtype)["grad_weight"])
+    num_warps = cfg.pop("num_warps", 4)
+    grid = (oh * ow, triton.cdiv(o, cfg["BLOCK_O"]), triton.cdiv(k, cfg["BLOCK_K"]))
+    _grad_weight_kernel[grid](
+        grad_out, x, gw,
+        n, c, h, w, o, ow,
+        *grad_out.stride(), *x.stride(),
+        pad_top_left[0], pad_top_left[1],
+        SH=stride[0], SW=stride[1], KH=kh, KW=kw, PRECISION=_precision(x.dtype),
+        num_warps=num_warps, **cfg)
+    return gw
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library custom ops: what functional.py calls (opaque to torch.compile, with fake shapes).
+
+
+@torch.library.custom_op("localconv::local_conv2d_forward", mutates_args=())
+def forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               stride_h: int, stride_w: int, pad_top: int, pad_left: int) -> torch.Tensor:
+    return launch_forward(x, weight, bias, (stride_h, stride_w), (pad_top, pad_left))
+
+
+@forward_op.register_fake
+def _(x, weight, bias, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
+    n = x.shape[0]
+    oh, ow, o = weight.shape[:3]
+    return torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=_out_format(x))
+
+
+@torch.library.custom_op("localconv::local_conv2d_grad_input", mutates_args=())
+def grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int],
+                  stride_h: int, stride_w: int, pad_top: int, pad_left: int,
+                  channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return launch_grad_input(grad_out, weight, input_shape, (stride_h, stride_w), (pad_top, pad_left), fmt)
+
+
+@grad_input_op.register_fake
+def _(grad_out, weight, input_shape, stride_h, stride_w, pad_top, pad_left, channels_last):  # noqa: ANN001, ANN202
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=fmt)
+
+
+@torch.library.custom_op("localconv::local_conv2d_grad_weight", mutates_args=())
+def grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int],
+                   stride_h: int, stride_w: int, pad_top: int, pad_left: int) -> torch.Tensor:
+    return launch_grad_weight(grad_out, x, weight_shape, (stride_h, stride_w), (pad_top, pad_left))
+
+
+@grad_weight_op.register_fake
+def _(grad_out, x, weight_shape, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
+    return torch.empty(weight_shape, device=x.device, dtype=x.dtype)

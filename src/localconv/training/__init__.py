@@ -1,0 +1,1 @@
+"""Training: engine, recipes, optimizer, schedules, EMA, checkpoints, evaluation."""

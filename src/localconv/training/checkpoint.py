@@ -1,0 +1,186 @@
+"""Run folders and atomic checkpoints.
+
+A run folder holds::
+
+    run.json                   metadata: model spec, args, progress, file names + sha256 (the commit point)
+    model-<step>.safetensors   raw weights and buffers
+    ema-<step>.safetensors     averaged weights (what eval/predict use)
+    optim-<step>.pt            optimizer state (torch.save; loaded with weights_only=True)
+    metrics.jsonl              one JSON object per logged event
+
+Every file is written to a temporary name, fsynced and renamed; ``run.json`` is
+replaced last and names the files of its checkpoint, so a crash or ``kill -9`` at any
+moment leaves ``run.json`` pointing at a complete, checksummed checkpoint. Files of
+older checkpoints are deleted only after the new ``run.json`` is in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, LocalconvError
+from ..models.base import Classifier
+from ..models.registry import build_model_from_spec
+
+RUN_FORMAT = "localconv-run/1"
+RUN_FILE = "run.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename onto ``path``; no partial file survives a failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor],
+                    ema_state: dict[str, torch.Tensor] | None, optim_state: dict[str, Any]) -> None:
+    """Write one complete checkpoint and commit it by replacing run.json (see module doc)."""
+    run_dir = Path(run_dir)
+    step = int(meta["step"])
+    files = {"model": f"model-{step:09d}.safetensors", "optimizer": f"optim-{step:09d}.pt"}
+    if ema_state is not None:
+        files["ema"] = f"ema-{step:09d}.safetensors"
+    try:
+        atomic_write(run_dir / files["model"], lambda t: save_file(_contiguous(model_state), t))
+        if ema_state is not None:
+            atomic_write(run_dir / files["ema"], lambda t: save_file(_contiguous(ema_state), t))
+        atomic_write(run_dir / files["optimizer"], lambda t: torch.save(optim_state, t))
+        meta = dict(meta, format=RUN_FORMAT, files=files,
+                    sha256={k: sha256_file(run_dir / v) for k, v in files.items()})
+        old = read_meta(run_dir, missing_ok=True)
+        atomic_write_text(run_dir / RUN_FILE, json.dumps(meta, indent=1, sort_keys=True))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint in {run_dir}: {exc.strerror or exc}; "
+                              "the previous checkpoint is intact") from None
+    keep = set(files.values())
+    stale = set((old or {}).get("files", {}).values()) - keep
+    for p in run_dir.iterdir():  # older checkpoints and temp files of interrupted writes
+        if p.name in stale or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def read_meta(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | None:
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        if missing_ok:
+            return None
+        what = "does not exist" if not Path(run_dir).exists() else f"has no {RUN_FILE} (not a localconv run?)"
+        raise CheckpointError(f"{run_dir}: run folder {what}")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable run metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{path}: not a {RUN_FORMAT} file")
+    return meta
+
+
+def _checked(run_dir: Path, meta: dict[str, Any], key: str) -> Path:
+    name = meta.get("files", {}).get(key)
+    if not name:
+        raise CheckpointError(f"{Path(run_dir) / RUN_FILE}: no {key!r} file recorded")
+    path = Path(run_dir) / name
+    if Path(name).name != name or not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file missing")
+    if sha256_file(path) != meta.get("sha256", {}).get(key):
+        raise CheckpointError(f"{path}: checksum mismatch (file corrupt or modified)")
+    return path
+
+
+def load_state(run_dir: Path, meta: dict[str, Any], key: str) -> dict[str, torch.Tensor]:
+    path = _checked(run_dir, meta, key)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({exc})") from None
+
+
+def load_optimizer_state(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    path = _checked(run_dir, meta, "optimizer")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt pickles
+        raise CheckpointError(f"{path}: unreadable optimizer state ({type(exc).__name__})") from None
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with a one-line error naming the first mismatching tensor."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        detail = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
+                  else f"{bad_shape[0]!r} has shape {tuple(state[bad_shape[0]].shape)}, model wants "
+                       f"{tuple(own[bad_shape[0]].shape)}")
+        raise CheckpointError(f"{source}: weights do not fit this model ({detail}); "
+                              "checkpoint from another model?")
+    model.load_state_dict(state)
+
+
+def load_run(path: str | os.PathLike, which: str = "ema", device: str = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a run's model with its ``ema`` (default) or ``raw`` weights; returns (model, metadata)."""
+    run_dir = Path(path)
+    meta = read_meta(run_dir)
+    key = "ema" if which == "ema" and "ema" in meta.get("files", {}) else "model"
+    try:
+        model = build_model_from_spec(meta["model"])
+    except KeyError:
+        raise CheckpointError(f"{run_dir / RUN_FILE}: no model spec") from None
+    except LocalconvError as exc:
+        raise CheckpointError(f"{run_dir / RUN_FILE}: cannot rebuild model: {exc}") from None
+    load_weights_into(model, load_state(run_dir, meta, key), str(run_dir / meta["files"][key]))
+    return model.to(device).eval(), meta

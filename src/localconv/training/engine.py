@@ -1,0 +1,321 @@
+"""The training loop: device-resident data, one recipe, atomic checkpoints, exact resume.
+
+A reader should be able to hold this file in their head: :class:`Trainer` prepares
+data, optimizer, schedule and EMA from a model and :class:`TrainOptions`, then
+:meth:`Trainer.fit` runs epochs of steps. Callbacks (diagnostics, TensorBoard) get the
+model after ``backward`` and after each optimizer step. Randomness comes from
+``(seed, epoch)`` alone (see :mod:`localconv.data.augment`), so a run resumed from any
+checkpoint, also one written mid-epoch on Ctrl-C, ends with the same weights as an
+uninterrupted run on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ..data.augment import draw_epoch_plan, train_batch
+from ..data.loader import Splits, pixel_mean
+from ..errors import CheckpointError, LocalconvError
+from ..models.base import Classifier
+from ..models.registry import model_spec
+from .checkpoint import load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint
+from .ema import WeightEMA
+from .evaluate import evaluate
+from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a run besides the model and the data (stored in run.json)."""
+
+    recipe: str = "original"
+    epochs: float | None = None        # None: the recipe's default
+    batch_size: int | None = None      # None: the recipe's default
+    lr: float | None = None            # base learning rate (TF models / fast recipe)
+    lr_scale: float = 1.0              # multiplies every group's learning rate
+    schedule: str | None = None        # "EPOCHS:MULT,..." phases
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None            # bf16 autocast; None: on for CUDA
+    compile: bool = False
+    eval_every: int = 1                # epochs between evaluations (0: only at the end)
+    checkpoint_every: int = 1          # epochs between checkpoints
+    skip_nonfinite: bool = False       # skip batches with a non-finite loss instead of stopping
+    progress: bool = True
+    log_every: int = 50                # steps between step-level metrics.jsonl lines
+
+    def validate(self) -> None:
+        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise LocalconvError(f"--epochs must be > 0, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise LocalconvError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LocalconvError(f"--lr must be > 0, got {self.lr}")
+        if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
+            raise LocalconvError(f"--lr-scale must be > 0, got {self.lr_scale}")
+        if self.eval_every < 0 or self.checkpoint_every < 1:
+            raise LocalconvError("--eval-every must be >= 0 and --checkpoint-every >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise LocalconvError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LocalconvError("--device cuda: no CUDA GPU is available (use --device cpu)")
+    return torch.device(name)
+
+
+class Callback:
+    """Hooks into the loop; every method is optional."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
+    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class NonFiniteLoss(LocalconvError):
+    exit_code = 3
+
+
+@dataclass
+class TrainState:
+    step: int = 0                 # optimizer steps done
+    train_time_s: float = 0.0     # time in training steps + evaluation, excluding checkpoint I/O
+    images_seen: int = 0
+    best_accuracy: float | None = None
+    last_accuracy: float | None = None
+    skipped_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, model: Classifier, splits: Splits, run_dir: str | Path, options: TrainOptions,
+                 data_info: dict[str, Any] | None = None, classes: list[str] | None = None,
+                 callbacks: Iterable[Callback] = (), resume: bool = False) -> None:
+        options.validate()
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.run_dir = Path(run_dir)
+        self.model = model.to(self.device)
+        self.splits = splits.to(self.device)
+        self.data_info = data_info or {}
+        self.classes = classes or [str(i) for i in range(model.num_classes)]
+        self.callbacks = list(callbacks)
+        self.amp = (self.device.type == "cuda") if options.amp is None else options.amp
+        self.recipe: RecipeSettings = default_settings(options.recipe, model, self.device.type == "cuda")
+        self.batch_size = options.batch_size or self.recipe.batch_size
+        self.epochs = options.epochs or self.recipe.epochs
+        n = self.splits.train_images.shape[0]
+        if n < self.batch_size:
+            raise LocalconvError(f"--batch-size {self.batch_size} is larger than the {n} training images")
+        self.steps_per_epoch = n // self.batch_size  # the last partial batch is dropped
+        self.total_steps = max(1, round(self.epochs * self.steps_per_epoch))
+        if model.needs_pixel_mean():
+            model.set_pixel_mean(pixel_mean(self.splits.train_images))
+        self.optimizer = build_optimizer(self.recipe, model, options.lr, options.lr_scale, self.batch_size)
+        self.schedule = build_schedule(self.recipe, model, self.steps_per_epoch, self.epochs, options.schedule)
+        self.ema = WeightEMA(model, self.recipe.ema_decay, self.recipe.ema_warmup) if self.recipe.ema_decay else None
+        self.loss_coeff = float(getattr(model, "loss_coeff", 1.0))
+        self.state = TrainState()
+        self.should_stop = False
+        self.stop_reason = ""
+        self._interrupted = False
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if options.compile else self.model
+        if resume:
+            self._restore()
+
+    # ----------------------------------------------------------------- state
+    def eval_model(self) -> Classifier:
+        return self.ema.model if self.ema is not None else self.model
+
+    def metadata(self, complete: bool) -> dict[str, Any]:
+        s = self.state
+        return {
+            "model": model_spec(self.model),
+            "model_params": count_params(self.model),
+            "input_spec": self.model.input_spec.to_dict(),
+            "classes": self.classes,
+            "options": asdict(self.options),
+            "recipe": asdict(self.recipe),
+            "batch_size": self.batch_size, "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "step": s.step, "epoch": s.step / self.steps_per_epoch,
+            "ema_updates": self.ema.num_updates if self.ema else 0,
+            "train_time_s": s.train_time_s, "images_seen": s.images_seen,
+            "best_accuracy": s.best_accuracy, "last_accuracy": s.last_accuracy,
+            "eval_split": self.splits.eval_split, "skipped_steps": s.skipped_steps,
+            "data": self.data_info, "complete": complete,
+            "stop_reason": self.stop_reason,
+            "torch_version": torch.__version__, "device": str(self.device),
+        }
+
+    def save(self, complete: bool = False) -> None:
+        optim_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
+                        self.ema.state_dict() if self.ema else None, optim_state)
+
+    def _restore(self) -> None:
+        meta = read_meta(self.run_dir)
+        if meta["model"] != model_spec(self.model):
+            raise CheckpointError(f"{self.run_dir}: checkpoint is for model {meta['model'].get('name') or 'cfg'}, "
+                                  "not this one")
+        load_weights_into(self.model, load_state(self.run_dir, meta, "model"), str(self.run_dir))
+        if self.ema is not None:
+            if "ema" not in meta["files"]:
+                raise CheckpointError(f"{self.run_dir}: checkpoint has no averaged weights")
+            self.ema.load_state_dict(load_state(self.run_dir, meta, "ema"), int(meta["ema_updates"]))
+        ostate = load_optimizer_state(self.run_dir, meta)
+        try:
+            self.optimizer.load_state_dict(ostate["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{self.run_dir}: optimizer state does not fit ({exc})") from None
+        torch.set_rng_state(ostate["torch_rng"])
+        s = self.state
+        s.step, s.train_time_s, s.images_seen = int(meta["step"]), float(meta["train_time_s"]), int(meta["images_seen"])
+        s.best_accuracy, s.last_accuracy = meta.get("best_accuracy"), meta.get("last_accuracy")
+        s.skipped_steps = int(meta.get("skipped_steps", 0))
+
+    # ----------------------------------------------------------------- loop
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Exercise 1: the loss consumes logits; softmax happens only in predict_proba.
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
+        loss = self.loss_coeff * loss
+        if self.recipe.use_regularization_loss:
+            loss = loss + self.model.regularization_loss()
+        return loss
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a prepared batch; advances ``state.step``."""
+        set_lr(self.optimizer, self.schedule.multiplier(self.state.step))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.forward(x)
+        loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for cb in self.callbacks:
+            cb.after_backward(self, loss)
+        if not torch.isfinite(loss).item():
+            if not self.options.skip_nonfinite:
+                raise NonFiniteLoss(f"loss became {loss.item()} at step {self.state.step}")
+            self.state.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self.state.step += 1
+        self.state.images_seen += x.shape[0]
+        for cb in self.callbacks:
+            cb.after_step(self, loss)
+        return loss.detach()
+
+    def evaluate_now(self) -> float:
+        images, labels = self.splits.eval_set()
+        views = "flip" if self.recipe.tta == "flip" else "single"
+        return evaluate(self.eval_model(), images, labels, views=views, amp=self.amp).accuracy
+
+    def _handle_sigint(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self._interrupted:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = True
+        self.should_stop = True
+        self.stop_reason = "interrupted"
+
+    def fit(self) -> TrainState:
+        """Train to the end (or until a callback or Ctrl-C stops it); returns the final state."""
+        from tqdm.auto import tqdm
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        old_handler = signal.signal(signal.SIGINT, self._handle_sigint) if _main_thread() else None
+        s = self.state
+        bar = tqdm(total=self.total_steps, initial=s.step, disable=not self.options.progress, unit="step",
+                   dynamic_ncols=True, leave=True, desc="train")
+        images, labels = self.splits.train_images, self.splits.train_labels
+        spec, mean = self.model.input_spec, getattr(self.model, "pixel_mean", None)
+        mean = mean if self.model.needs_pixel_mean() else None
+        try:
+            while s.step < self.total_steps and not self.should_stop:
+                epoch, first = divmod(s.step, self.steps_per_epoch)
+                plan = draw_epoch_plan(images.shape[0], spec, self.options.seed, epoch).to(self.device)
+                t0, loss_sum, n_loss, seen0 = time.perf_counter(), torch.zeros((), device=self.device), 0, s.images_seen
+                for k in range(first, self.steps_per_epoch):
+                    if s.step >= self.total_steps or self.should_stop:
+                        break
+                    b = plan.batch(k * self.batch_size, (k + 1) * self.batch_size)
+                    x = train_batch(images[b.order], b, spec, mean)
+                    if self.device.type == "cuda":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    loss = self.train_step(x, labels[b.order])
+                    loss_sum += loss
+                    n_loss += 1
+                    if s.step % 10 == 0 or s.step == self.total_steps:
+                        rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
+                        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
+                    bar.update(1)
+                    if self.options.log_every and s.step % self.options.log_every == 0:
+                        self.log({"kind": "step", "step": s.step, "epoch": s.step / self.steps_per_epoch,
+                                  "loss": float(loss), "lr": self.optimizer.param_groups[0]["lr"]})
+                epoch_time = time.perf_counter() - t0
+                s.train_time_s += epoch_time
+                at_epoch_end = s.step % self.steps_per_epoch == 0
+                done = s.step >= self.total_steps
+                record: dict[str, Any] = {
+                    "kind": "epoch", "epoch": s.step / self.steps_per_epoch, "step": s.step,
+                    "loss": float(loss_sum / max(1, n_loss)), "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": (s.images_seen - seen0) / max(1e-9, epoch_time),
+                }
+                full_epoch = int(s.step / self.steps_per_epoch)
+                if (at_epoch_end or done) and (done or (self.options.eval_every and full_epoch % self.options.eval_every == 0)):
+                    t1 = time.perf_counter()
+                    acc = self.evaluate_now()
+                    s.train_time_s += time.perf_counter() - t1
+                    s.last_accuracy = acc
+                    s.best_accuracy = acc if s.best_accuracy is None else max(s.best_accuracy, acc)
+                    record.update(accuracy=acc, eval_split=self.splits.eval_split)
+                    bar.write(f"epoch {record['epoch']:.2f}: loss {record['loss']:.4f}, "
+                              f"{self.splits.eval_split} accuracy {acc:.4f}")
+                record["wall_s"] = s.train_time_s
+                s.history.append(record)
+                self.log(record)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
+                if done or self.should_stop or full_epoch % self.options.checkpoint_every == 0:
+                    self.save(complete=done)
+        except NonFiniteLoss:
+            bar.close()
+            self.stop_reason = "non-finite loss"
+            raise
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return s
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

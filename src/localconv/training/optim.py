@@ -1,0 +1,78 @@
+"""cuda-convnet's update rule as a ``torch.optim.Optimizer``.
+
+Per parameter tensor ``W`` with group hyperparameters ``lr`` (epsW/epsB), ``momentum`` (momW/momB)
+and ``wc`` (weight decay; 0 for biases), given the gradient of the minibatch-mean loss::
+
+    inc = momentum * inc - wc * lr * W - lr * grad
+    W  += inc
+
+``inc`` is kept in ``state[p]["momentum_buffer"]``. It already contains the learning rate of the
+steps that made it, so changing ``lr`` between steps (a schedule phase) scales only the new terms,
+exactly as cuda-convnet. With ``momentum=0, wc=0`` this is plain SGD (the TF tutorial's optimizer).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ..models.base import GroupSpec
+
+
+def group_dicts(groups: Iterable[GroupSpec]) -> list[dict[str, Any]]:
+    """``Classifier.param_groups()`` as torch param-group dicts (``params, lr, momentum, wc, name``)."""
+    return [{"params": list(g.params), "lr": g.lr, "momentum": g.momentum, "wc": g.wc, "name": g.name}
+            for g in groups]
+
+
+class ConvNetSGD(torch.optim.Optimizer):
+    """SGD with momentum and in-update L2 decay, in cuda-convnet's form (see module docstring).
+
+    ``params``: parameters, torch param-group dicts (keys ``lr``, ``momentum``, ``wc``; others such as
+    ``name`` are kept), or :class:`GroupSpec` s. ``lr``/``momentum``/``wc`` are the defaults for
+    groups that do not set them.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.0, wc: float = 0.0) -> None:
+        params = list(params)
+        if params and isinstance(params[0], GroupSpec):
+            params = group_dicts(params)
+        for name, value in (("lr", lr), ("momentum", momentum), ("wc", wc)):
+            _check_hyper(name, value)
+        super().__init__(params, {"lr": lr, "momentum": momentum, "wc": wc})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for name in ("lr", "momentum", "wc"):
+            if name in param_group:
+                _check_hyper(name, param_group[name])
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, wc = group["lr"], group["momentum"], group["wc"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("ConvNetSGD does not support sparse gradients")
+                state = self.state[p]
+                inc = state.get("momentum_buffer")
+                if inc is None:
+                    inc = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                inc.mul_(momentum)
+                if wc:
+                    inc.add_(p, alpha=-wc * lr)
+                inc.add_(p.grad, alpha=-lr)
+                p.add_(inc)
+        return loss
+
+
+def _check_hyper(name: str, value: Any) -> None:
+    if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or not value >= 0.0:
+        raise ValueError(f"ConvNetSGD: {name} must be a number >= 0, got {value!r}")

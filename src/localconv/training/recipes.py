@@ -1,0 +1,110 @@
+"""Training recipes: which optimizer, schedule, batch size, EMA and loss a run uses.
+
+``original``  each model family's own published procedure:
+              TF tutorial models: plain SGD lr 0.1, x0.1 every 350 epochs (staircase), batch 128, EMA 0.9999
+              with TF's num_updates warm-up, weight decay as a loss term, eval on the averaged weights;
+              cuda-convnet (cfg) models: per-layer epsW/epsB/momW/momB/wc with cuda-convnet's update rule,
+              batch 128, a phase schedule of epsW multipliers, no averaging.
+``fast``      modern practice on the same, unchanged layers: Nesterov SGD, warm-up + linear decay,
+              label smoothing, decoupled weight decay, larger batches, EMA and flip test-time augmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import LocalconvError
+from ..models.base import Classifier
+from ..models.tf_tutorial import TFTutorialNet
+from .optim import ConvNetSGD
+from .schedule import PhaseSchedule, Schedule, StaircaseDecay, WarmupLinearDecay, parse_schedule
+
+RECIPES = ("original", "fast")
+TF_EPOCHS = 256  # the tutorial's 100K steps of 128 images are ~256 epochs
+TF_DECAY_EPOCHS = 350
+
+
+@dataclass
+class RecipeSettings:
+    name: str
+    batch_size: int
+    epochs: float
+    ema_decay: float | None = None
+    ema_warmup: bool = True
+    label_smoothing: float = 0.0
+    use_regularization_loss: bool = True
+    tta: str = "none"  # eval-time views during training: none | flip
+    notes: list[str] = field(default_factory=list)
+
+
+def model_family(model: Classifier) -> str:
+    return "tf" if isinstance(model, TFTutorialNet) else "convnet"
+
+
+def default_settings(recipe: str, model: Classifier, on_gpu: bool) -> RecipeSettings:
+    if recipe not in RECIPES:
+        raise LocalconvError(f"--recipe: unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    family = model_family(model)
+    if recipe == "original":
+        if family == "tf":
+            return RecipeSettings("original", 128, TF_EPOCHS, ema_decay=0.9999, ema_warmup=True)
+        phases = parse_schedule(getattr(model, "default_schedule", None) or "350:1,150:1,10:0.1,10:0.01")
+        return RecipeSettings("original", 128, sum(p.epochs for p in phases), ema_decay=None)
+    return RecipeSettings("fast", 512 if on_gpu else 256, 30 if family == "tf" else 40, ema_decay=0.999,
+                          ema_warmup=True, label_smoothing=0.2, use_regularization_loss=False, tta="flip")
+
+
+def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None, lr_scale: float,
+                    batch_size: int) -> ConvNetSGD | "torch.optim.Optimizer":
+    """The optimizer with each group's *base* learning rate stored as ``base_lr``."""
+    import torch
+
+    if recipe.name == "original":
+        groups = []
+        for g in model.param_groups():
+            base = g.lr
+            if lr is not None:
+                if model_family(model) != "tf":
+                    raise LocalconvError("--lr: cfg models take their learning rates (epsW/epsB) from the params "
+                                         "file; use --lr-scale to multiply them all")
+                base = lr
+            groups.append({"params": g.params, "lr": base * lr_scale, "base_lr": base * lr_scale,
+                           "momentum": g.momentum, "wc": g.wc, "name": g.name})
+        return ConvNetSGD(groups)
+    # fast: Nesterov SGD; lr scaled with the batch (linear rule from 512), no decay on biases/norm params.
+    peak = (lr if lr is not None else 0.2 * batch_size / 512) * lr_scale
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": 5e-4},
+              {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=peak, momentum=0.9, nesterov=True)
+    for g in opt.param_groups:
+        g["base_lr"] = peak
+    return opt
+
+
+def build_schedule(recipe: RecipeSettings, model: Classifier, steps_per_epoch: int, epochs: float,
+                   schedule_text: str | None) -> Schedule:
+    total_steps = max(1, round(epochs * steps_per_epoch))
+    if recipe.name == "original":
+        if model_family(model) == "tf":
+            if schedule_text:
+                return PhaseSchedule(parse_schedule(schedule_text), steps_per_epoch)
+            return StaircaseDecay(TF_DECAY_EPOCHS * steps_per_epoch, 0.1)
+        text = schedule_text or getattr(model, "default_schedule", None) or "350:1,150:1,10:0.1,10:0.01"
+        return PhaseSchedule(parse_schedule(text), steps_per_epoch, total_epochs=epochs)
+    if schedule_text:
+        return PhaseSchedule(parse_schedule(schedule_text), steps_per_epoch, total_epochs=epochs)
+    return WarmupLinearDecay(total_steps, warmup_steps=min(steps_per_epoch, total_steps // 5), final=0.0)
+
+
+def set_lr(optimizer: "torch.optim.Optimizer", multiplier: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * multiplier
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
