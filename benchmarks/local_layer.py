@@ -250,7 +250,7 @@ def peak_memory_cpu(method: str, shape: Shape, threads: int) -> int:
 
 
 def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads: int = 2,
-                   rounds: int = 7, snippet_max_bytes: float = 3e9,
+                   rounds: int = 7, snippet_max_bytes: float = 3e9, block_seconds: float = 0.1,
                    dtype: torch.dtype = torch.float32, autocast_dtype: torch.dtype | None = None,
                    log: Callable[[str], None] = print) -> list[dict]:
     """One record per (shape, method): seconds, peak bytes (None if skipped) and why skipped."""
@@ -277,7 +277,7 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
                 record["peak_bytes"] = peak_memory_cpu(method, shape, threads)
         steps = {m: build_step(m, shape, device, dtype, autocast_dtype)
                  for m, r in shape_records.items() if not r["skipped"]}
-        for method, seconds in time_steps(steps, device, rounds).items():
+        for method, seconds in time_steps(steps, device, rounds, block_seconds).items():
             shape_records[method]["seconds"] = seconds
         del steps
         if device == "cuda":

@@ -69,7 +69,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
 def run(args: argparse.Namespace) -> int:
     from ..data.loader import select_splits
     from ..training.checkpoint import RUN_FILE
-    from ..training.engine import Trainer, TrainOptions
+    from ..training.engine import TrainOptions
 
     out: Path = args.out
     resume = bool(args.resume and (out / RUN_FILE).exists())
@@ -103,15 +103,32 @@ def run(args: argparse.Namespace) -> int:
     info = {"source": data.source, "args": data_args, "n_train": int(splits.train_labels.numel()),
             "n_val": int(splits.val_labels.numel()) if splits.val_labels is not None else 0,
             "n_test": int(splits.test_labels.numel())}
-    trainer = Trainer(model, splits, out, options, data_info=info, classes=list(data.classes), resume=resume)
-    print(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
-          f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}; run folder {out}", file=sys.stderr)
+    from ..training import distributed as ddp
+
+    dist_ctx = ddp.from_environment(options.device)
+    try:
+        return _fit(model, splits, out, options, info, list(data.classes), resume, dist_ctx)
+    finally:
+        ddp.shutdown(dist_ctx)
+
+
+def _fit(model, splits, out, options, info, classes, resume, dist_ctx) -> int:  # noqa: ANN001
+    from ..training.engine import Trainer
+
+    trainer = Trainer(model, splits, out, options, data_info=info, classes=classes, resume=resume,
+                      dist_ctx=dist_ctx)
+    if not trainer.is_main:
+        options.progress = False
+    say = (lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else (lambda msg: None)  # noqa: E731
+    world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
+    say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
+          f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
     state = trainer.fit()
     if trainer.stop_reason == "interrupted":
-        print(f"interrupted: checkpoint written at step {state.step}; continue with "
-              f"`localconv train --resume --out {out}`", file=sys.stderr)
+        say(f"interrupted: checkpoint written at step {state.step}; continue with "
+            f"`localconv train --resume --out {out}`")
         return 130
     acc = state.last_accuracy
-    print(f"done: step {state.step}, {trainer.splits.eval_split} accuracy "
-          f"{acc:.4f}" if acc is not None else f"done: step {state.step}", file=sys.stderr)
+    say(f"done: step {state.step}, {trainer.splits.eval_split} accuracy {acc:.4f}" if acc is not None
+        else f"done: step {state.step}")
     return 0

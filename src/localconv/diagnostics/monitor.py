@@ -53,6 +53,18 @@ def weight_params(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.ndim >= 2]
 
 
+def fan_in(module: nn.Module) -> int:
+    """Inputs seen by one output unit, summed over the layer's inputs (``weight``, ``weight_1``...)."""
+    own = getattr(module, "fan_in", None)
+    if isinstance(own, int) and len(weight_params(module)) == 1:
+        return own
+    total = 0
+    for w in weight_params(module):
+        # [out, in, kh, kw] / [out, in]; locally connected [oh, ow, out, in, kh, kw]
+        total += w[0, 0, 0].numel() if w.ndim == 6 else w[0].numel()
+    return total
+
+
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Named modules that own weights, in registration order."""
     return {name: m for name, m in model.named_modules() if name and weight_params(m)}
@@ -67,6 +79,7 @@ class LayerStats:
     act_rms: float             # root mean square of the activations
     signal: float              # RMS over units of each unit's std across the batch's images
     in_signal: float           # the same for the layer's input
+    in_rms: float              # root mean square of the layer's input
     dead_frac: float | None    # rectifier units at 0 for every image of the batch (None: no rectifier)
     grad_out: float | None     # RMS over images of |dLoss/d activations| (per-image norm)
     grad_in: float | None      # RMS over images of |dLoss/d input| (None: the input needs no gradient)
@@ -101,7 +114,7 @@ class OutputStats:
     """The logits at one monitored step."""
 
     step: int
-    loss: float
+    loss: float               # cross-entropy (without weight-decay terms)
     logit_std: float          # spread of the logits (all images and classes)
     max_prob: float           # mean over images of the top softmax probability
     saturated_frac: float     # images whose top probability exceeds 0.999
@@ -124,17 +137,31 @@ class MonitorHistory:
     layers: list[str] = field(default_factory=list)                 # weight layers in forward order
     stats: dict[str, list[LayerStats]] = field(default_factory=dict)  # layer -> one entry per monitored step
     outputs: list[OutputStats] = field(default_factory=list)
-    losses: list[tuple[int, float]] = field(default_factory=list)    # (step, loss) of every step seen
+    losses: list[tuple[int, float]] = field(default_factory=list)    # (step, cross-entropy) of every step
     nonfinite: NonFiniteEvent | None = None
     rectified: dict[str, bool] = field(default_factory=dict)        # layer -> has a rectifier
+    fan_in: dict[str, int] = field(default_factory=dict)            # layer -> inputs per output unit
     num_classes: int = 10
 
+    @property
+    def monitored_steps(self) -> list[int]:
+        first = self.layers[0] if self.layers else None
+        return [s.step for s in self.stats.get(first, [])] if first else []
+
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "num_classes": self.num_classes,
+        return {"layers": self.layers, "num_classes": self.num_classes, "fan_in": self.fan_in,
                 "stats": {k: [s.to_dict() for s in v] for k, v in self.stats.items()},
                 "outputs": [asdict(o) for o in self.outputs],
                 "losses": self.losses,
                 "nonfinite": asdict(self.nonfinite) if self.nonfinite else None}
+
+
+def data_loss(trainer: "Trainer", loss: torch.Tensor) -> torch.Tensor:
+    """The trainer's loss without its weight-decay term and cost coefficient: the cross-entropy."""
+    with torch.no_grad():
+        if trainer.recipe.use_regularization_loss:
+            loss = loss - trainer.model.regularization_loss()
+        return loss / trainer.loss_coeff if trainer.loss_coeff else loss
 
 
 def _signal(t: torch.Tensor) -> torch.Tensor:
@@ -311,13 +338,15 @@ class LayerMonitor(Callback):
     """Records :class:`LayerStats` of every weight layer every ``every`` steps (see module doc).
 
     ``keep_tensors``: also keep the last monitored step's activations and their gradients
-    (``last_tensors``), for TensorBoard histograms.
+    (``last_tensors``), for TensorBoard histograms. ``dense_start``: monitor each of the first
+    steps too (a run that blows up in five steps still leaves a trace).
     """
 
-    def __init__(self, every: int = 10, keep_tensors: bool = False) -> None:
+    def __init__(self, every: int = 10, keep_tensors: bool = False, dense_start: int = 0) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
+        self.dense_start = dense_start  # also monitor every one of the first steps (fast blow-ups)
         self.keep_tensors = keep_tensors
         self.history = MonitorHistory()
         self.hooks: LayerHooks | None = None
@@ -334,6 +363,7 @@ class LayerMonitor(Callback):
         self.detach()
         self.hooks = LayerHooks(model)
         self.history.num_classes = int(getattr(model, "num_classes", 10))
+        self.history.fan_in = {name: fan_in(m) for name, m in self.hooks.layers.items()}
         self._arm(step)
 
     def detach(self) -> None:
@@ -343,7 +373,7 @@ class LayerMonitor(Callback):
 
     def _arm(self, step: int) -> None:
         self._step = step
-        self._armed = step % self.every == 0
+        self._armed = step % self.every == 0 or step < self.dense_start
         if self.hooks is not None:
             self.hooks.detail = self._armed
 
@@ -354,20 +384,21 @@ class LayerMonitor(Callback):
     def on_train_end(self, trainer: "Trainer") -> None:  # noqa: ARG002
         self.detach()
 
-    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None:  # noqa: ARG002
-        self.observe_backward(loss)
+    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+        self.observe_backward(loss, data_loss(trainer, loss))
 
-    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:
-        self.observe_step(loss)
+    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:  # noqa: ARG002
+        self.observe_step()
         self._arm(trainer.state.step + 1)
 
     # ------------------------------------------- usable without the engine too
-    def observe_backward(self, loss: torch.Tensor) -> None:
-        """Call after ``loss.backward()`` and before ``optimizer.step()``."""
+    def observe_backward(self, loss: torch.Tensor, data_loss: torch.Tensor | None = None) -> None:
+        """Call after ``loss.backward()`` and before ``optimizer.step()``; ``data_loss``: the loss
+        without weight-decay terms (the cross-entropy), if it differs from ``loss``."""
         hooks = self.hooks
         if hooks is None:
             return
-        self._loss = loss.detach()
+        self._loss = (loss if data_loss is None else data_loss).detach()
         if self.history.nonfinite is None and not bool(torch.isfinite(self._loss)):
             name, where = locate_nonfinite(hooks.model, hooks)
             self.history.nonfinite = NonFiniteEvent(self._step, name, where, float(self._loss))
@@ -386,6 +417,8 @@ class LayerMonitor(Callback):
             values = {
                 "act_mean": flat.mean(), "act_rms": flat.pow(2).mean().sqrt(), "signal": _signal(act),
                 "in_signal": torch.stack([_signal(x) for x in probe.inputs]).pow(2).mean().sqrt()
+                if probe.inputs else flat.new_zeros(()),
+                "in_rms": torch.stack([x.detach().float().pow(2).mean() for x in probe.inputs]).mean().sqrt()
                 if probe.inputs else flat.new_zeros(()),
                 "weight_rms": torch.cat([w.float().flatten() for w in weights]).pow(2).mean().sqrt(),
                 "finite_act": torch.isfinite(act.detach()).all(),
@@ -416,12 +449,12 @@ class LayerMonitor(Callback):
         else:
             self._output = None
 
-    def observe_step(self, loss: torch.Tensor) -> None:
+    def observe_step(self) -> None:
         """Call after ``optimizer.step()`` (or after a skipped step)."""
         hooks = self.hooks
-        if hooks is None:
+        if hooks is None or self._loss is None:
             return
-        loss_value = float(loss.detach())
+        loss_value = float(self._loss)
         self.history.losses.append((self._step, loss_value))
         if not self._armed or not self._pending:
             return
@@ -437,7 +470,7 @@ class LayerMonitor(Callback):
             floats = {k: (None if v is None else float(v)) for k, v in values.items()}
             stats = LayerStats(
                 step=self._step, act_mean=floats["act_mean"], act_rms=floats["act_rms"], signal=floats["signal"],
-                in_signal=floats["in_signal"], dead_frac=floats.get("dead_frac"), grad_out=floats.get("grad_out"),
+                in_signal=floats["in_signal"], in_rms=floats["in_rms"], dead_frac=floats.get("dead_frac"), grad_out=floats.get("grad_out"),
                 grad_in=floats.get("grad_in"), weight_rms=floats["weight_rms"], grad_rms=floats.get("grad_rms"),
                 update_ratio=floats["update_ratio"], finite_act=bool(floats["finite_act"]),
                 finite_grad=bool(floats.get("finite_grad", True)), finite_weight=bool(floats["finite_weight"]))
@@ -447,4 +480,4 @@ class LayerMonitor(Callback):
         if self._output is not None:
             self.history.outputs.append(OutputStats(self._step, loss_value,
                                                     **{k: float(v) for k, v in self._output.items()}))
-        self._pending, self._before, self._output = {}, {}, None
+        self._pending, self._before, self._output, self._loss = {}, {}, None, None

@@ -32,8 +32,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                     N, C, H, W, O, OW, L,
                     sxn, sxc, sxh, sxw, syn, syo, syh, syw,
-                    PT, PL,
-                    SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                    PT, PL, SH, SW,
+                    KH: tl.constexpr, KW: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
     # One program: output position l, a block of images, a block of output channels.
@@ -76,8 +76,8 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
                        N, C, H, W, O, OH, OW,
                        sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
-                       PT, PL,
-                       SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                       PT, PL, SH, SW,
+                       KH: tl.constexpr, KW: tl.constexpr,
                        PRECISION: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
     # Gather form (no atomics, deterministic): one program owns input pixel (ih, iw) for a block of
@@ -120,8 +120,8 @@ def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
 def _grad_weight_kernel(gy_ptr, x_ptr, gw_ptr,
                         N, C, H, W, O, OW,
                         sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
-                        PT, PL,
-                        SH: tl.constexpr, SW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                        PT, PL, SH, SW,
+                        KH: tl.constexpr, KW: tl.constexpr,
                         PRECISION: tl.constexpr,
                         BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     # gw[l, o, k] = sum_n gy[n, o, l] * x_col[n, k, l]: per position a [O, N] x [N, K] GEMM.
@@ -157,8 +157,10 @@ def _grad_weight_kernel(gy_ptr, x_ptr, gw_ptr,
 # Launch heuristics (tl.dot needs every tile side >= 16).
 
 
-def _block(n: int, cap: int) -> int:
-    return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
+def _bucket(n: int, sizes: tuple[int, ...]) -> int:
+    """The smallest of ``sizes`` that covers n, else the largest. Few distinct tile sizes keep the
+    number of compiled kernel variants (each a compile of about a second) small."""
+    return next((s for s in sizes if n <= s), sizes[-1])
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -170,14 +172,12 @@ def _precision(dtype: torch.dtype) -> str:
 
 def default_configs(n: int, c: int, o: int, k: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
     """Tile sizes per kernel for one problem; ``launch_*`` accept an override for tuning sweeps."""
-    wide = 64 if dtype != torch.float32 else 32
+    depth = 64 if dtype != torch.float32 else 32  # reduction tile: 16-bit operands take twice as many
+    tile_n, tile_o, tile_c = _bucket(n, (16, 64)), _bucket(o, (16, 32, 64)), _bucket(c, (16, 64))
     return {
-        "forward": {"BLOCK_N": _block(n, 64), "BLOCK_O": _block(o, 64), "BLOCK_K": _block(k, wide),
-                    "num_warps": 4},
-        "grad_input": {"BLOCK_N": _block(n, 64), "BLOCK_C": _block(c, 64), "BLOCK_O": _block(o, wide),
-                       "num_warps": 4},
-        "grad_weight": {"BLOCK_O": _block(o, 64), "BLOCK_K": _block(k, 64), "BLOCK_N": _block(n, wide),
-                        "num_warps": 4},
+        "forward": {"BLOCK_N": tile_n, "BLOCK_O": tile_o, "BLOCK_K": depth, "num_warps": 4},
+        "grad_input": {"BLOCK_N": tile_n, "BLOCK_C": tile_c, "BLOCK_O": min(tile_o, depth), "num_warps": 4},
+        "grad_weight": {"BLOCK_O": tile_o, "BLOCK_K": 64, "BLOCK_N": depth, "num_warps": 4},
     }
 
 
@@ -219,8 +219,8 @@ def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         x, weight, bias if bias is not None else weight, y,
         n, c, h, w, o, ow, oh * ow,
         *x.stride(), *y.stride(),
-        pad_top_left[0], pad_top_left[1],
-        SH=stride[0], SW=stride[1], KH=kh, KW=kw,
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
+        KH=kh, KW=kw,
         HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
         num_warps=num_warps, **cfg)
     return y
@@ -241,8 +241,8 @@ def launch_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape:
         grad_out, weight, gx,
         n, c, h, w, o, oh, ow,
         *grad_out.stride(), *gx.stride(),
-        pad_top_left[0], pad_top_left[1],
-        SH=stride[0], SW=stride[1], KH=kh, KW=kw, PRECISION=_precision(grad_out.dtype),
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
+        KH=kh, KW=kw, PRECISION=_precision(grad_out.dtype),
         num_warps=num_warps, **cfg)
     return gx
 
@@ -261,8 +261,8 @@ def launch_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: li
         grad_out, x, gw,
         n, c, h, w, o, ow,
         *grad_out.stride(), *x.stride(),
-        pad_top_left[0], pad_top_left[1],
-        SH=stride[0], SW=stride[1], KH=kh, KW=kw, PRECISION=_precision(x.dtype),
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
+        KH=kh, KW=kw, PRECISION=_precision(x.dtype),
         num_warps=num_warps, **cfg)
     return gw
 

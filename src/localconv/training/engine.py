@@ -26,6 +26,7 @@ from ..data.loader import Splits, pixel_mean
 from ..errors import CheckpointError, LocalconvError
 from ..models.base import Classifier
 from ..models.registry import model_spec
+from . import distributed as ddp
 from .checkpoint import load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint
 from .ema import WeightEMA
 from .evaluate import evaluate
@@ -103,27 +104,42 @@ class TrainState:
 class Trainer:
     def __init__(self, model: Classifier, splits: Splits, run_dir: str | Path, options: TrainOptions,
                  data_info: dict[str, Any] | None = None, classes: list[str] | None = None,
-                 callbacks: Iterable[Callback] = (), resume: bool = False) -> None:
+                 callbacks: Iterable[Callback] = (), resume: bool = False,
+                 dist_ctx: ddp.DistContext | None = None) -> None:
         options.validate()
         self.options = options
-        self.device = resolve_device(options.device)
+        self.dist = dist_ctx
+        self.is_main = dist_ctx is None or dist_ctx.is_main
+        self.device = ddp.device_for(dist_ctx, resolve_device(options.device))
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
+        self.full_train_size = int(splits.train_labels.numel())
+        if dist_ctx is not None:  # each rank keeps only its shard of every split
+            splits = Splits(*(ddp.shard(t, dist_ctx) for t in (splits.train_images, splits.train_labels)),
+                            *(None if t is None else t[dist_ctx.rank::dist_ctx.world_size]
+                              for t in (splits.val_images, splits.val_labels, splits.test_images,
+                                        splits.test_labels)))
         self.splits = splits.to(self.device)
         self.data_info = data_info or {}
         self.classes = classes or [str(i) for i in range(model.num_classes)]
         self.callbacks = list(callbacks)
         self.amp = (self.device.type == "cuda") if options.amp is None else options.amp
         self.recipe: RecipeSettings = default_settings(options.recipe, model, self.device.type == "cuda")
-        self.batch_size = options.batch_size or self.recipe.batch_size
+        self.batch_size = options.batch_size or self.recipe.batch_size  # global batch
+        self.local_batch = ddp.local_batch_size(self.batch_size, dist_ctx)
         self.epochs = options.epochs or self.recipe.epochs
         n = self.splits.train_images.shape[0]
-        if n < self.batch_size:
-            raise LocalconvError(f"--batch-size {self.batch_size} is larger than the {n} training images")
-        self.steps_per_epoch = n // self.batch_size  # the last partial batch is dropped
+        if n < self.local_batch:
+            raise LocalconvError(f"--batch-size {self.batch_size} is larger than the {self.full_train_size} "
+                                 "training images")
+        self.steps_per_epoch = n // self.local_batch  # the last partial batch is dropped
         self.total_steps = max(1, round(self.epochs * self.steps_per_epoch))
         if model.needs_pixel_mean():
-            model.set_pixel_mean(pixel_mean(self.splits.train_images))
+            local_mean = pixel_mean(self.splits.train_images)
+            if dist_ctx is not None:  # mean of the whole training set = mean of equal-size shard means
+                local_mean = torch.tensor(ddp.all_sum(local_mean.flatten().tolist(), dist_ctx, self.device)
+                                          ).reshape(local_mean.shape) / dist_ctx.world_size
+            model.set_pixel_mean(local_mean)
         self.optimizer = build_optimizer(self.recipe, model, options.lr, options.lr_scale, self.batch_size)
         self.schedule = build_schedule(self.recipe, model, self.steps_per_epoch, self.epochs, options.schedule)
         self.ema = WeightEMA(model, self.recipe.ema_decay, self.recipe.ema_warmup) if self.recipe.ema_decay else None
@@ -134,7 +150,14 @@ class Trainer:
         self._interrupted = False
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if options.compile else self.model
+        self.forward = self.model
+        if dist_ctx is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if options.compile:
+            self.forward = torch.compile(self.forward)
         if resume:
             self._restore()
 
@@ -152,6 +175,7 @@ class Trainer:
             "options": asdict(self.options),
             "recipe": asdict(self.recipe),
             "batch_size": self.batch_size, "epochs": self.epochs,
+            "world_size": self.dist.world_size if self.dist else 1,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "step": s.step, "epoch": s.step / self.steps_per_epoch,
             "ema_updates": self.ema.num_updates if self.ema else 0,
@@ -164,6 +188,8 @@ class Trainer:
         }
 
     def save(self, complete: bool = False) -> None:
+        if not self.is_main:
+            return
         optim_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
         save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
                         self.ema.state_dict() if self.ema else None, optim_state)
@@ -191,6 +217,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -212,7 +240,7 @@ class Trainer:
         loss.backward()
         for cb in self.callbacks:
             cb.after_backward(self, loss)
-        if not torch.isfinite(loss).item():
+        if ddp.any_true(not torch.isfinite(loss).item(), self.dist, self.device):
             if not self.options.skip_nonfinite:
                 raise NonFiniteLoss(f"loss became {loss.item()} at step {self.state.step}")
             self.state.skipped_steps += 1
@@ -230,7 +258,10 @@ class Trainer:
     def evaluate_now(self) -> float:
         images, labels = self.splits.eval_set()
         views = "flip" if self.recipe.tta == "flip" else "single"
-        return evaluate(self.eval_model(), images, labels, views=views, amp=self.amp).accuracy
+        result = evaluate(self.eval_model(), images, labels, views=views, amp=self.amp)
+        correct, n = ddp.all_sum([result.accuracy * result.n if result.n else 0.0, float(result.n)],
+                                 self.dist, self.device)
+        return correct / n if n else float("nan")
 
     def _handle_sigint(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self._interrupted:  # a second Ctrl-C: stop now
@@ -243,26 +274,32 @@ class Trainer:
         """Train to the end (or until a callback or Ctrl-C stops it); returns the final state."""
         from tqdm.auto import tqdm
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
         old_handler = signal.signal(signal.SIGINT, self._handle_sigint) if _main_thread() else None
         s = self.state
-        bar = tqdm(total=self.total_steps, initial=s.step, disable=not self.options.progress, unit="step",
+        bar = tqdm(total=self.total_steps, initial=s.step, disable=not (self.options.progress and self.is_main),
+                   unit="step",
                    dynamic_ncols=True, leave=True, desc="train")
         images, labels = self.splits.train_images, self.splits.train_labels
         spec, mean = self.model.input_spec, getattr(self.model, "pixel_mean", None)
+        # each rank draws its own plan over its own shard
+        plan_seed = self.options.seed + (1_000_003 * self.dist.rank if self.dist else 0)
         mean = mean if self.model.needs_pixel_mean() else None
         try:
             while s.step < self.total_steps and not self.should_stop:
                 epoch, first = divmod(s.step, self.steps_per_epoch)
-                plan = draw_epoch_plan(images.shape[0], spec, self.options.seed, epoch).to(self.device)
+                plan = draw_epoch_plan(images.shape[0], spec, plan_seed, epoch).to(self.device)
                 t0, loss_sum, n_loss, seen0 = time.perf_counter(), torch.zeros((), device=self.device), 0, s.images_seen
                 for k in range(first, self.steps_per_epoch):
+                    if self.dist is not None:  # every rank must stop at the same step
+                        self.should_stop = ddp.any_true(self.should_stop, self.dist, self.device)
                     if s.step >= self.total_steps or self.should_stop:
                         break
-                    b = plan.batch(k * self.batch_size, (k + 1) * self.batch_size)
+                    b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
                     x = train_batch(images[b.order], b, spec, mean)
                     if self.device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
@@ -282,8 +319,11 @@ class Trainer:
                 done = s.step >= self.total_steps
                 record: dict[str, Any] = {
                     "kind": "epoch", "epoch": s.step / self.steps_per_epoch, "step": s.step,
-                    "loss": float(loss_sum / max(1, n_loss)), "lr": self.optimizer.param_groups[0]["lr"],
-                    "images_per_s": (s.images_seen - seen0) / max(1e-9, epoch_time),
+                    "loss": ddp.all_sum([float(loss_sum / max(1, n_loss))], self.dist, self.device)[0]
+                    / (self.dist.world_size if self.dist else 1),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": (s.images_seen - seen0) * (self.dist.world_size if self.dist else 1)
+                    / max(1e-9, epoch_time),
                 }
                 full_epoch = int(s.step / self.steps_per_epoch)
                 if (at_epoch_end or done) and (done or (self.options.eval_every and full_epoch % self.options.eval_every == 0)):
@@ -293,8 +333,9 @@ class Trainer:
                     s.last_accuracy = acc
                     s.best_accuracy = acc if s.best_accuracy is None else max(s.best_accuracy, acc)
                     record.update(accuracy=acc, eval_split=self.splits.eval_split)
-                    bar.write(f"epoch {record['epoch']:.2f}: loss {record['loss']:.4f}, "
-                              f"{self.splits.eval_split} accuracy {acc:.4f}")
+                    if self.is_main:
+                        bar.write(f"epoch {record['epoch']:.2f}: loss {record['loss']:.4f}, "
+                                  f"{self.splits.eval_split} accuracy {acc:.4f}")
                 record["wall_s"] = s.train_time_s
                 s.history.append(record)
                 self.log(record)
@@ -310,6 +351,7 @@ class Trainer:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
+        ddp.barrier(self.dist)
         for cb in self.callbacks:
             cb.on_train_end(self)
         return s

@@ -1,0 +1,350 @@
+"""Checks: small functions from a :class:`MonitorHistory` to :class:`Finding` s.
+
+Each check judges general signals, relative ones where it can, so that the same thresholds
+serve a TF model fed standardized images and a cuda-convnet model fed raw pixels:
+
+* gains: how much of its input's image-to-image variation a layer passes on (forward), and
+  how much of the gradient it receives it passes on to the layers below (backward). Fan-in
+  scaled weights give gains of order 1 whatever the layer's size;
+* the spread of a layer's outputs between images relative to their size (a layer whose output
+  is the same for every image tells the layers above nothing);
+* dead rectifier units, the update/weight ratio of each optimizer step, the loss trend and the
+  confidence of the softmax; NaN/Inf with the first layer where it appeared.
+
+The last weight layer (the one producing the logits) is exempt from the initialization and
+gradient-flow checks: a small or zero classifier init is a deliberate, common choice, and it
+learns its way out in a few steps because its inputs already differ between images.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .monitor import LayerStats, MonitorHistory
+
+SEVERITIES = ("error", "warning", "info")
+
+# A hidden layer that passes on less than 2% of the gradient it receives starves the layers below
+# (healthy nets measured: 0.3 to 1.5 for hidden layers).
+VANISHING_GAIN = 0.02
+# ... or one that multiplies it by more than 20 makes them explode.
+EXPLODING_GAIN = 20.0
+# Initial forward gain far from 1 (fan-in scaling), relative to the input's scale: a layer fed
+# inputs of RMS s may bring them down to unit scale (gain 1/s: cuda-convnet's conv1 takes raw
+# pixels of RMS ~60 with initW 1e-4), but not far below; healthy hidden layers measured 0.2 to 1.5.
+INIT_GAIN_LOW = 0.01
+INIT_GAIN_HIGH = 50.0
+# Outputs whose image-to-image spread is under 3% of their size are nearly constant.
+CONSTANT_OUTPUT = 0.03
+DEAD_UNITS = 0.5     # warn when half of a layer's rectifier units never fire on a batch
+DEAD_LAYER = 0.95    # and call the layer dead beyond this
+UPDATE_TOO_LARGE = 1.0   # an optimizer step that changes the weights by more than their own size
+UPDATE_TOO_SMALL = 1e-6  # a layer whose weights do not move
+SATURATED_PROB = 0.99    # mean top softmax probability of a saturated softmax
+MIN_LOSS_STEPS = 20      # steps needed before judging the loss trend
+
+
+@dataclass
+class Finding:
+    """One problem: ``layer`` (None for the whole model), a ``kind`` key, ``severity`` in
+    error/warning/info, a plain-language ``message`` (what and why) and a ``fix``."""
+
+    kind: str
+    layer: str | None
+    severity: str
+    message: str
+    fix: str
+    step: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.layer)
+
+    @property
+    def is_problem(self) -> bool:
+        return self.severity in ("error", "warning")
+
+    def text(self) -> str:
+        return f"{self.layer or 'model'}: {self.message} Fix: {self.fix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2g}" if x != 0 else "0"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+def _hidden(h: MonitorHistory) -> list[str]:
+    """Weight layers that feed other weight layers (all but the logits layer)."""
+    return [n for n in h.layers[:-1] if h.stats.get(n)]
+
+
+def _below(h: MonitorHistory, layer: str) -> list[str]:
+    return h.layers[:h.layers.index(layer)]
+
+
+def _init_bounds(s: LayerStats) -> tuple[float, float]:
+    scale = s.in_rms if s.in_rms > 0 else 1.0
+    return INIT_GAIN_LOW * min(1.0, 1.0 / scale), INIT_GAIN_HIGH * max(1.0, 1.0 / scale)
+
+
+def _is_dead(s: LayerStats) -> bool:
+    return s.dead_frac is not None and s.dead_frac > DEAD_LAYER
+
+
+def weak_init(h: MonitorHistory, layer: str) -> bool:
+    """True when ``layer``'s initial forward gain is far below fan-in scaling for its input."""
+    stats = h.stats.get(layer)
+    if not stats:
+        return False
+    s = stats[0]
+    return s.weight_rms == 0 or s.forward_gain < _init_bounds(s)[0]
+
+
+def check_nonfinite(h: MonitorHistory) -> list[Finding]:
+    event = h.nonfinite
+    if event is None:
+        for name in h.layers:
+            for s in h.stats.get(name, []):
+                if not (s.finite_act and s.finite_grad and s.finite_weight):
+                    where = "weights" if not s.finite_weight else "activations" if not s.finite_act else "gradients"
+                    return [_nonfinite_finding(h, s.step, name, where)]
+        return []
+    return [_nonfinite_finding(h, event.step, event.layer, event.where)]
+
+
+def _nonfinite_finding(h: MonitorHistory, step: int, layer: str | None, where: str) -> Finding:
+    ratios = [s.update_ratio for n in h.layers for s in h.stats.get(n, [])
+              if s.update_ratio is not None and math.isfinite(s.update_ratio)]
+    big = max(ratios, default=0.0)
+    site = f"in {layer}'s {where}" if layer else "in the loss (every layer's activations were finite)"
+    cause = (f" Just before, an optimizer step changed some weights by {_pct(big)} of their size: "
+             "the learning rate is too high." if big > 0.1 else "")
+    fix = ("lower the learning rate (--lr or --lr-scale, e.g. 10x lower); if it persists, look for "
+           "an overflow in that layer (very large init or inputs).")
+    return Finding("nonfinite", layer, "error", f"NaN/Inf first appeared at step {step} {site}.{cause}", fix, step)
+
+
+def check_init_scale(h: MonitorHistory) -> list[Finding]:
+    found = []
+    for name in _hidden(h):
+        s = h.stats[name][0]
+        lo, hi = _init_bounds(s)
+        fan = h.fan_in.get(name, 0)
+        scaling = f"1/sqrt({fan}) = {_fmt(1 / math.sqrt(fan))}" if fan else ""
+        he = f"; fan-in scaling for unit-scale inputs is {scaling}" if fan else ""
+        if s.weight_rms == 0:
+            found.append(Finding(
+                "zero_init", name, "error",
+                f"{name}'s weights are all zero at initialization: its outputs are the same for every image and "
+                "it passes no gradient to the layers below.",
+                f"initialize {name}'s weights randomly" + (f" (std about {scaling} for unit-scale inputs)."
+                                                           if fan else "."), s.step))
+        elif s.forward_gain < lo:
+            good = s.weight_rms / s.forward_gain * min(1.0, 1.0 / max(s.in_rms, 1e-12))
+            found.append(Finding(
+                "init_too_small", name, "warning",
+                f"{name}'s initial weights (std {_fmt(s.weight_rms)}) are far below fan-in scaling for its input "
+                f"(RMS {_fmt(s.in_rms)}): it passes on only {_pct(s.forward_gain)} of its input's variation "
+                "between images.",
+                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step))
+        elif s.forward_gain > hi:
+            good = s.weight_rms / s.forward_gain * max(1.0, 1.0 / max(s.in_rms, 1e-12))
+            found.append(Finding(
+                "init_too_large", name, "warning",
+                f"{name}'s initial weights (std {_fmt(s.weight_rms)}) are far above fan-in scaling for its input "
+                f"(RMS {_fmt(s.in_rms)}): it amplifies its input's variation {s.forward_gain:.0f}x.",
+                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step))
+    return found
+
+
+def _episode(stats: list[LayerStats], bad: Callable[[LayerStats], bool]) -> tuple[LayerStats, LayerStats | None] | None:
+    """(first sample where ``bad`` holds, first later sample where it no longer does) or None."""
+    first = next((s for s in stats if bad(s)), None)
+    if first is None:
+        return None
+    recovered = None
+    for s in stats:
+        if s.step > first.step:
+            recovered = None if bad(s) else (recovered or s)
+    return first, recovered
+
+
+def _course(first: LayerStats, recovered: LayerStats | None, last: LayerStats) -> str:
+    if recovered is not None:
+        return f" (from step {first.step}; it recovered by step {recovered.step})"
+    return f" (from step {first.step}, still at step {last.step})"
+
+
+def check_gradient_flow(h: MonitorHistory) -> list[Finding]:
+    found = []
+    for name in _hidden(h)[1:] if h.layers else []:
+        stats = h.stats[name]
+        below = ", ".join(_below(h, name))
+
+        def vanishing(s: LayerStats) -> bool:
+            bg = s.backward_gain
+            return bg is not None and bg < VANISHING_GAIN and not _is_dead(s)
+
+        def exploding(s: LayerStats) -> bool:
+            bg = s.backward_gain
+            return bg is not None and bg > EXPLODING_GAIN
+
+        episode = _episode(stats, vanishing)
+        if episode:
+            first, recovered = episode
+            cause = (f"its weights are too small for its input" if weak_init(h, name)
+                     else "its weights or its rectifier units let little through")
+            found.append(Finding(
+                "vanishing_gradients", name, "warning",
+                f"gradients vanish from {name} down: it passes on only {_pct(first.backward_gain)} of the gradient "
+                f"it receives, so the layers below ({below}) barely learn{_course(first, recovered, stats[-1])}; "
+                f"{cause}.",
+                f"scale {name}'s init toward gain ~1 (fan-in scaling for its input); "
+                "see the init finding if there is one.", first.step))
+        episode = _episode(stats, exploding)
+        if episode:
+            first, recovered = episode
+            found.append(Finding(
+                "exploding_gradients", name, "warning",
+                f"gradients explode from {name} down: it multiplies the gradient it receives by "
+                f"{first.backward_gain:.0f}{_course(first, recovered, stats[-1])}, so the layers below ({below}) "
+                "get oversized updates.",
+                f"reduce {name}'s init std toward fan-in scaling, or lower the learning rate.", first.step))
+    return found
+
+
+def check_constant_outputs(h: MonitorHistory) -> list[Finding]:
+    """The first layer (forward order) whose outputs hardly differ between images."""
+
+    def constant(s: LayerStats) -> bool:
+        return s.act_rms > 0 and s.signal / s.act_rms < CONSTANT_OUTPUT and not _is_dead(s)
+
+    for i, name in enumerate(h.layers):
+        stats = h.stats.get(name, [])
+        episode = _episode(stats, constant)
+        if not episode:
+            continue
+        first, recovered = episode
+        if weak_init(h, name) or first.forward_gain < _init_bounds(first)[0]:
+            cause = f"{name}'s weights are too small for its input, so its bias dominates its output"
+            culprit = name
+        else:
+            upstream = [n for n in h.layers[:i] if h.stats.get(n)]
+            culprit = min(upstream, key=lambda n: h.stats[n][0].forward_gain) if upstream else name
+            cause = (f"its input varies too little next to its bias (smallest gain upstream: {culprit})"
+                     if upstream else "its input images hardly differ")
+        above = "the layers above see" if name != h.layers[-1] else "the softmax sees"
+        return [Finding(
+            "constant_outputs", name, "warning",
+            f"{name}'s outputs are nearly the same for every image: their spread between images is "
+            f"{_pct(first.signal / first.act_rms)} of their size{_course(first, recovered, stats[-1])}, so {above} "
+            f"an almost constant input and the loss stays near chance; {cause}.",
+            f"initialize {culprit} with a larger std (fan-in scaling for its input).", first.step)]
+    return []
+
+
+def check_dead_units(h: MonitorHistory) -> list[Finding]:
+    found = []
+    for name in h.layers:
+        stats = [s for s in h.stats.get(name, []) if s.dead_frac is not None]
+        if not stats:
+            continue
+        worst = max(stats, key=lambda s: s.dead_frac)
+        late = statistics.median(s.dead_frac for s in stats[len(stats) // 2:])
+        fix = (f"initialize {name}'s biases at 0 or slightly positive, keep its init near fan-in scaling, "
+               "and lower the learning rate if units die during training.")
+        if worst.dead_frac > DEAD_LAYER:
+            found.append(Finding(
+                "dead_layer", name, "error",
+                f"{name} is dead: {_pct(worst.dead_frac)} of its ReLU units output 0 for every image of the batch "
+                f"(step {worst.step}), so it passes on no signal and no gradient.", fix, worst.step))
+        elif late > DEAD_UNITS:
+            found.append(Finding(
+                "dead_units", name, "warning",
+                f"{_pct(late)} of {name}'s ReLU units never fire on a batch in the second half of the run: "
+                "they have died and no longer learn.", fix, stats[len(stats) // 2].step))
+    return found
+
+
+def check_updates(h: MonitorHistory) -> list[Finding]:
+    found = []
+    for name in h.layers:
+        ratios = [(s.step, s.update_ratio) for s in h.stats.get(name, [])[1:]
+                  if s.update_ratio is not None and math.isfinite(s.update_ratio)]
+        if len(ratios) < 2:
+            continue
+        typical = statistics.median(r for _, r in ratios)
+        if typical > UPDATE_TOO_LARGE:
+            found.append(Finding(
+                "update_too_large", name, "warning",
+                f"each optimizer step changes {name}'s weights by {_pct(typical)} of their size (median): "
+                "the learning rate is far too high for it.",
+                f"lower the learning rate (about {max(10, round(typical * 1000)):.0f}x for {name}); "
+                "healthy steps change weights by about 0.01%-1%.", ratios[0][0]))
+        elif typical < UPDATE_TOO_SMALL and not weak_init(h, name):
+            found.append(Finding(
+                "not_learning", name, "warning",
+                f"{name}'s weights hardly move: each step changes them by {typical:.1g} of their size (median).",
+                f"raise {name}'s learning rate, or look for vanishing gradients above it.", ratios[0][0]))
+    return found
+
+
+def check_loss(h: MonitorHistory) -> list[Finding]:
+    losses = [x for _, x in h.losses if math.isfinite(x)]
+    if len(losses) < MIN_LOSS_STEPS:
+        return []
+    k = max(5, len(losses) // 5)
+    head, tail = losses[:k], losses[-k:]
+    m_head, m_tail = statistics.fmean(head), statistics.fmean(tail)
+    se = math.sqrt(statistics.pvariance(head) / len(head) + statistics.pvariance(tail) / len(tail))
+    chance = math.log(h.num_classes)
+    steps = f"steps {h.losses[0][0]}-{h.losses[k - 1][0]} vs {h.losses[-k][0]}-{h.losses[-1][0]}"
+    if m_tail > m_head + max(0.1, 3 * se):
+        return [Finding("loss_increasing", None, "warning",
+                        f"the loss rises: {m_head:.3f} -> {m_tail:.3f} ({steps}); training is diverging.",
+                        "lower the learning rate.", h.losses[-k][0])]
+    if m_tail >= m_head - max(0.01, 2 * se):
+        at_chance = abs(m_tail - chance) < 0.05
+        what = (f"the loss is stuck at chance level, ln({h.num_classes}) = {chance:.2f}: the network predicts "
+                "the same for every image" if at_chance else "the loss does not decrease")
+        return [Finding("loss_not_decreasing", None, "warning",
+                        f"{what} ({m_head:.3f} -> {m_tail:.3f}, {steps}).",
+                        "see the layer findings; with none, raise the learning rate or train longer.",
+                        h.losses[-k][0])]
+    return []
+
+
+def check_softmax(h: MonitorHistory) -> list[Finding]:
+    saturated = [o for o in h.outputs if o.max_prob > SATURATED_PROB and o.saturated_frac > 0.5]
+    if not saturated:
+        return []
+    o = saturated[0]
+    chance = math.log(h.num_classes)
+    wrong = f" and often wrong (loss {o.loss:.2f} > {chance:.2f})" if o.loss > chance else ""
+    return [Finding(
+        "softmax_saturated", h.layers[-1] if h.layers else None, "warning",
+        f"the softmax is saturated at step {o.step}: predictions are {_pct(o.max_prob)} confident on average{wrong}; "
+        f"the logits are too large (spread {o.logit_std:.3g}), so their gradients vanish or explode.",
+        "scale down the last layer's init (about 1/sqrt(fan-in) or smaller) or lower the learning rate.", o.step)]
+
+
+CHECKS: list[Callable[[MonitorHistory], list[Finding]]] = [
+    check_nonfinite, check_init_scale, check_gradient_flow, check_constant_outputs, check_dead_units,
+    check_updates, check_softmax, check_loss,
+]
+
+
+def run_checks(history: MonitorHistory) -> list[Finding]:
+    """All findings, most severe first, then in forward order of their layers."""
+    findings = [f for check in CHECKS for f in check(history)]
+    order = {name: i for i, name in enumerate(history.layers)}
+    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), order.get(f.layer, len(order))))

@@ -1,0 +1,194 @@
+"""``localconv doctor``: a short, watched training run and a verdict per layer.
+
+:func:`run_doctor` trains a model briefly with its own learning parameters (the ``original``
+recipe by default) on a subset of the training images, with a :class:`LayerMonitor` on every
+weight layer, then runs the checks of :mod:`localconv.diagnostics.checks` on what it saw.
+The report (:class:`DoctorReport`) prints as a per-layer table (start -> end of the run) followed
+by the findings, or serializes to JSON.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LocalconvError
+from ..models.base import Classifier
+from .checks import Finding, run_checks
+from .monitor import LayerMonitor, LayerStats, MonitorHistory
+
+
+@dataclass
+class DoctorOptions:
+    """How long and on what the doctor trains (defaults: about 20 s of CPU for tf-tutorial)."""
+
+    steps: int = 200
+    batch_size: int = 64
+    limit_train: int = 5000      # training images used (a subset keeps the data on the device small)
+    val_images: int = 1000       # held out from the training set to report an accuracy
+    every: int = 5               # monitor one step in ``every``
+    dense_start: int = 10        # and each of the first steps
+    recipe: str = "original"
+    lr: float | None = None
+    lr_scale: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "limit_train", "every"):
+            if getattr(self, name) < 1:
+                raise LocalconvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.val_images < 0:
+            raise LocalconvError(f"--val-images must be >= 0, got {self.val_images}")
+
+
+@dataclass
+class DoctorReport:
+    model: str
+    options: DoctorOptions
+    history: MonitorHistory
+    findings: list[Finding]
+    steps_run: int
+    accuracy: float | None = None
+    stopped: str = ""              # why the run ended early ("" if it did not)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.is_problem]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.healthy else 1
+
+    def layer_summary(self) -> dict[str, dict[str, Any]]:
+        """Per layer: the first and last monitored statistics."""
+        return {name: {"start": self.history.stats[name][0].to_dict(), "end": self.history.stats[name][-1].to_dict()}
+                for name in self.history.layers if self.history.stats.get(name)}
+
+    def to_dict(self) -> dict[str, Any]:
+        losses = [x for _, x in self.history.losses]
+        return {
+            "model": self.model, "healthy": self.healthy, "exit_code": self.exit_code,
+            "steps_run": self.steps_run, "steps": self.options.steps, "batch_size": self.options.batch_size,
+            "stopped": self.stopped, "accuracy": self.accuracy,
+            "loss_start": losses[0] if losses else None, "loss_end": losses[-1] if losses else None,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": self.layer_summary(), "notes": self.notes,
+            "history": self.history.to_dict(),
+        }
+
+    def format(self) -> str:
+        return format_report(self)
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if not math.isfinite(x):
+        return str(x)
+    return "0" if x == 0 else f"{x:.2g}" if 1e-2 <= abs(x) < 1e3 else f"{x:.1e}"
+
+
+def _moved(a: float | None, b: float | None, pct: bool = False) -> str:
+    if pct:
+        return "-" if a is None else f"{100 * a:.0f}%->{100 * b:.0f}%"
+    return f"{_num(a)}->{_num(b)}"
+
+
+def format_report(report: DoctorReport) -> str:
+    h = report.history
+    lines = [f"localconv doctor: {report.model}, {report.steps_run} of {report.options.steps} steps of "
+             f"{report.options.batch_size} images ({report.options.recipe} recipe)"]
+    losses = [x for _, x in h.losses]
+    if losses:
+        k = max(1, min(10, len(losses) // 5))
+        head, tail = np.mean(losses[:k]), np.mean(losses[-k:])
+        acc = f", held-out accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
+        lines.append(f"cross-entropy {head:.3f} -> {tail:.3f} (chance {math.log(h.num_classes):.3f}){acc}")
+    if report.stopped:
+        lines.append(f"stopped early: {report.stopped}")
+    header = ("layer", "act mean", "signal", "dead", "grad", "update/w", "gain fwd", "gain bwd")
+    rows = [header]
+    for name in h.layers:
+        stats: list[LayerStats] = h.stats.get(name, [])
+        if not stats:
+            continue
+        a, b = stats[0], stats[-1]
+        rows.append((name, _moved(a.act_mean, b.act_mean), _moved(a.signal, b.signal),
+                     _moved(a.dead_frac, b.dead_frac, pct=True), _moved(a.grad_out, b.grad_out),
+                     _moved(a.update_ratio, b.update_ratio), _moved(a.forward_gain, b.forward_gain),
+                     _moved(a.backward_gain, b.backward_gain)))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines.append("")
+        lines.append(f"per layer, first -> last monitored step (steps {h.monitored_steps[0]}..{h.monitored_steps[-1]}):"
+                     if h.monitored_steps else "per layer:")
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  (signal: spread of the activations between images; grad: gradient reaching the activations; "
+                     "gains: signal out/in, gradient in/out)")
+    lines.append("")
+    if report.healthy:
+        lines.append("verdict: healthy" + (" (notes below)" if report.findings else ""))
+    else:
+        names = sorted({f.layer for f in report.problems if f.layer}, key=lambda n: h.layers.index(n)
+                       if n in h.layers else len(h.layers))
+        at = f" (layers: {', '.join(names)})" if names else ""
+        lines.append(f"verdict: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''} found{at}")
+    for f in report.findings:
+        lines.append(f"  [{f.severity}] {f.layer or 'model'}: {f.message}")
+        lines.append(f"      fix: {f.fix}")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
+
+
+def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.ndarray,
+               options: DoctorOptions | None = None, classes: list[str] | None = None,
+               run_dir: str | Path | None = None) -> DoctorReport:
+    """Train ``model`` for ``options.steps`` steps under a :class:`LayerMonitor` and judge it."""
+    from ..data.loader import select_splits
+    from ..models.registry import model_spec
+    from ..training.engine import NonFiniteLoss, Trainer, TrainOptions
+
+    options = options or DoctorOptions()
+    options.validate()
+    n = len(train_labels)
+    val = min(options.val_images, max(0, n - options.batch_size))
+    limit = min(options.limit_train, n - val)
+    if limit < options.batch_size:
+        raise LocalconvError(f"--batch-size {options.batch_size} is larger than the {limit} training images available")
+    # the test arrays are required by select_splits but unused: the held-out images come from train
+    splits = select_splits(train_images, train_labels, train_images[:1], train_labels[:1],
+                           limit_train=limit, val_split=val)
+    steps_per_epoch = limit // options.batch_size
+    train_options = TrainOptions(
+        recipe=options.recipe, epochs=options.steps / steps_per_epoch, batch_size=options.batch_size,
+        lr=options.lr, lr_scale=options.lr_scale, seed=options.seed, device=options.device, amp=False,
+        eval_every=0, checkpoint_every=10**9, progress=options.progress, log_every=0)
+    monitor = LayerMonitor(every=options.every, dense_start=options.dense_start)
+    spec = model_spec(model)
+    name = spec.get("name") or Path(str(spec.get("cfg", {}).get("layers_name", "cfg model"))).name
+    stopped = ""
+    with tempfile.TemporaryDirectory(prefix="localconv-doctor-") as tmp:
+        trainer = Trainer(model, splits, run_dir or tmp, train_options, classes=classes, callbacks=[monitor])
+        try:
+            state = trainer.fit()
+            accuracy = state.last_accuracy
+        except NonFiniteLoss as exc:
+            stopped = str(exc)
+            accuracy = None
+        finally:
+            monitor.detach()
+        steps_run = trainer.state.step
+    findings = run_checks(monitor.history)
+    return DoctorReport(name, options, monitor.history, findings, steps_run, accuracy, stopped)
