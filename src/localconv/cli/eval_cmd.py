@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluate import evaluate
     from .common import load_data
 
+    if args.confusion is not None:  # a bad output path is reported before the evaluation, not after
+        if args.confusion.suffix.lower() not in (".csv", ".png"):
+            raise LocalconvError(f"--confusion {args.confusion}: use a .csv or .png file name")
+        if not args.confusion.absolute().parent.is_dir():
+            raise LocalconvError(f"--confusion {args.confusion}: {args.confusion.parent} is not an existing folder")
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
     data_args = meta.get("data", {}).get("args", {})
@@ -80,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     out["ece"] = expected_calibration_error(result.probs, result.labels)
     if args.confusion:
-        write_confusion(args.confusion, result.confusion(), list(data.classes))
+        try:
+            write_confusion(args.confusion, result.confusion(), list(data.classes))
+        except OSError as exc:
+            raise LocalconvError(f"--confusion {args.confusion}: cannot write ({exc.strerror or exc})") from None
         out["confusion_file"] = str(args.confusion)
     if args.json:
         print(json.dumps(out))

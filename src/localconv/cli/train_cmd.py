@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import LocalconvError
+from ..errors import CheckpointError, LocalconvError
 from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
                      positive_float, positive_int)
 
@@ -62,8 +62,23 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         options["device"] = args.device
     data_args = dict(meta["data"].get("args", {}))
     if args.data:
-        data_args["data"] = args.data
+        data_args["data"] = str(Path(args.data).resolve())
+    if args.model or args.cfg:  # the run's own model is resumed: a different one given here is a mistake
+        from ..models.registry import model_spec
+
+        if _model_identity(model_spec(model_from_args(args))) != _model_identity(meta["model"]):
+            raise CheckpointError(f"{args.out}: --resume continues the run's own model "
+                                  f"({meta['model'].get('name') or 'a cfg model'}), not the one given with "
+                                  "--model/--cfg; omit them, or choose another --out for a new run")
     return options, data_args, build_model_from_spec(meta["model"])
+
+
+def _model_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What defines a model in a spec (a cfg model's file names do not)."""
+    cfg = spec.get("cfg")
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k not in ("layers_name", "params_name")}
+    return {"name": spec.get("name"), "kwargs": spec.get("kwargs", {}), "cfg": cfg}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,16 +92,21 @@ def run(args: argparse.Namespace) -> int:
         raise LocalconvError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if out.exists() and not out.is_dir():
         raise LocalconvError(f"--out {out} exists and is not a folder")
+    if not out.exists() and not out.absolute().parent.is_dir():  # checked before any work is done
+        what = "is not a folder" if out.absolute().parent.exists() else "does not exist"
+        raise LocalconvError(f"--out {out}: the parent folder {out.parent} {what}")
     if resume:
         options_d, data_args, model = _resume_args(args)
         names = {f.name for f in fields(TrainOptions)}
-        options = TrainOptions(**{k: v for k, v in options_d.items() if k in names})
+        try:
+            options = TrainOptions(**{k: v for k, v in options_d.items() if k in names})
+            options.validate()
+        except (TypeError, ValueError) as exc:  # a hand-edited run.json
+            raise CheckpointError(f"{out / RUN_FILE}: field 'options' is malformed ({exc})") from None
     else:
         model = model_from_args(args)
-        data_args = {k: (str(getattr(args, k)) if k in ("data", "cache_dir") and getattr(args, k) else getattr(args, k))
-                     for k in DATA_KEYS}
-        if data_args["data"]:
-            data_args["data"] = str(Path(data_args["data"]).resolve())
+        data_args = {k: (str(Path(getattr(args, k)).resolve()) if k in ("data", "cache_dir") and getattr(args, k)
+                         else getattr(args, k)) for k in DATA_KEYS}
         recipe = args.recipe
         if recipe is None:
             from ..training.engine import resolve_device

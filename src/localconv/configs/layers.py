@@ -127,22 +127,22 @@ class LayerContext:
 # ----------------------------------------------------------------------------------------------
 # shared helpers
 
-def _image_view(ctx: LayerContext, index: int, channels: int | None,
-                channels_key: str = "channels") -> tuple[Shape, tuple[int, int, int] | None]:
+def _image_view(ctx: LayerContext, index: int,
+                channels: int | None) -> tuple[Shape, tuple[int, int, int] | None]:
     """Input ``index`` as images; a flat input is read as ``channels`` square maps (as cuda-convnet)."""
     src = ctx.sources[index]
     if src.shape.size:
         if channels is not None and channels != src.shape.channels:
-            raise ctx.error_at(channels_key, f"{channels_key}={channels} but input '{src.name}' has "
-                                             f"{src.shape.channels} channels ({src.shape.describe()})")
+            raise ctx.error_at("channels", f"channels={channels} but input '{src.name}' has "
+                                           f"{src.shape.channels} channels ({src.shape.describe()})")
         return src.shape, None
     if channels is None:
         raise ctx.error_at("inputs", f"input '{src.name}' is a flat vector of {src.shape.features} values; "
                                      f"give channels= to read it as square images")
     side = math.isqrt(src.shape.features // channels) if src.shape.features % channels == 0 else 0
     if side == 0 or channels * side * side != src.shape.features:
-        raise ctx.error_at(channels_key, f"{channels_key}={channels} but input '{src.name}' has "
-                                         f"{src.shape.features} values: not {channels} square maps")
+        raise ctx.error_at("channels", f"channels={channels} but input '{src.name}' has "
+                                       f"{src.shape.features} values: not {channels} square maps")
     return Shape(channels, side), (channels, side, side)
 
 

@@ -298,9 +298,9 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
     return found
 
 
-def check_loss(h: MonitorHistory) -> list[Finding]:
+def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
     losses = [x for _, x in h.losses if math.isfinite(x)]
-    if len(losses) < MIN_LOSS_STEPS:
+    if len(losses) < min_steps:
         return []
     k = max(5, len(losses) // 5)
     head, tail = losses[:k], losses[-k:]
@@ -339,12 +339,15 @@ def check_softmax(h: MonitorHistory) -> list[Finding]:
 
 CHECKS: list[Callable[[MonitorHistory], list[Finding]]] = [
     check_nonfinite, check_init_scale, check_gradient_flow, check_constant_outputs, check_dead_units,
-    check_updates, check_softmax, check_loss,
+    check_updates, check_softmax,
 ]
 
 
-def run_checks(history: MonitorHistory) -> list[Finding]:
-    """All findings, most severe first, then in forward order of their layers."""
-    findings = [f for check in CHECKS for f in check(history)]
+def run_checks(history: MonitorHistory, min_loss_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
+    """All findings, most severe first, then in forward order of their layers.
+
+    ``min_loss_steps``: the loss trend is judged only after this many steps.
+    """
+    findings = [f for check in CHECKS for f in check(history)] + check_loss(history, min_loss_steps)
     order = {name: i for i, name in enumerate(history.layers)}
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), order.get(f.layer, len(order))))

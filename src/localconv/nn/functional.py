@@ -144,7 +144,7 @@ class _LocalConv2dFunction(torch.autograd.Function):
         ctx.geo, ctx.memory_format = geo, _memory_format(x)
         ctx.backend, ctx.keep_cols, ctx.has_bias = backend, keep_cols, bias is not None
         if backend == "triton":
-            y = _load_triton().forward_op(x, weight, bias, stride[0], stride[1], pads[0], pads[2])
+            y = _load_triton().forward(x, weight, bias, stride, (pads[0], pads[2]))
             ctx.save_for_backward(x, weight)
             return y
         cols = local_portable.columns(x, geo) if keep_cols else None
@@ -162,12 +162,12 @@ class _LocalConv2dFunction(torch.autograd.Function):
             grad_b = grad_out.sum(0)
         if ctx.backend == "triton":
             triton_local = _load_triton()
-            (sh, sw), (top, _, left, _) = geo.stride, geo.pads
+            top_left = (geo.pads[0], geo.pads[2])
             if need_w:
-                grad_w = triton_local.grad_weight_op(grad_out, saved, list(weight.shape), sh, sw, top, left)
+                grad_w = triton_local.grad_weight(grad_out, saved, list(weight.shape), geo.stride, top_left)
             if need_x:
-                grad_x = triton_local.grad_input_op(grad_out, weight, list(geo.input_shape), sh, sw, top, left,
-                                                    ctx.memory_format == torch.channels_last)
+                grad_x = triton_local.grad_input(grad_out, weight, list(geo.input_shape), geo.stride, top_left,
+                                                 ctx.memory_format)
         elif need_x or need_w:
             x, cols = (None, saved) if ctx.keep_cols else (saved, None)
             grad_x, grad_w = local_portable.backward(grad_out, x, weight, geo, need_x, need_w,

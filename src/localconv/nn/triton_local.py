@@ -307,3 +307,32 @@ def grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[i
 @grad_weight_op.register_fake
 def _(grad_out, x, weight_shape, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
     return torch.empty(weight_shape, device=x.device, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# What functional.py calls: the launchers directly in eager mode (the custom-op dispatch costs
+# tens of microseconds per call, as much as a small layer's kernels), the custom ops under
+# torch.compile.
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+            stride: tuple[int, int], pad_top_left: tuple[int, int]) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return forward_op(x, weight, bias, *stride, *pad_top_left)
+    return launch_forward(x, weight, bias, stride, pad_top_left)
+
+
+def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int], stride: tuple[int, int],
+               pad_top_left: tuple[int, int], memory_format: torch.memory_format) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return grad_input_op(grad_out, weight, input_shape, *stride, *pad_top_left,
+                             memory_format == torch.channels_last)
+    return launch_grad_input(grad_out, weight, input_shape, stride, pad_top_left, memory_format)
+
+
+def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int], stride: tuple[int, int],
+                pad_top_left: tuple[int, int]) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return grad_weight_op(grad_out, x, weight_shape, *stride, *pad_top_left)
+    return launch_grad_weight(grad_out, x, weight_shape, stride, pad_top_left)
+

@@ -125,7 +125,59 @@ def read_meta(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: unreadable run metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{path}: not a {RUN_FORMAT} file")
+    _check_meta_fields(meta, path)
     return meta
+
+
+# Fields every run.json has (Trainer.metadata writes them all) and their JSON types: a hand-edited
+# file is refused here with the field's name instead of failing later with a KeyError or TypeError.
+_META_FIELDS: dict[str, tuple[type, ...]] = {
+    "files": (dict,), "sha256": (dict,), "model": (dict,), "options": (dict,), "data": (dict,),
+    "classes": (list,), "step": (int,), "ema_updates": (int,), "images_seen": (int,), "train_time_s": (int, float),
+}
+
+
+def _check_meta_fields(meta: dict[str, Any], path: Path) -> None:
+    for key, types in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: field {key!r} is missing or of the wrong type (expected "
+                                  f"{types[0].__name__}, got {value!r:.40}); was the file edited?")
+    for key in ("files", "sha256"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta[key].items()):
+            raise CheckpointError(f"{path}: field {key!r} must map names to strings")
+    if not all(isinstance(name, str) for name in meta["classes"]) or meta["step"] < 0:
+        raise CheckpointError(f"{path}: field 'classes' must be strings and 'step' >= 0")
+    if not isinstance(meta["data"].get("args", {}), dict):
+        raise CheckpointError(f"{path}: field 'data.args' must be an object")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records of ``path`` (metrics.jsonl) logged after ``step``, and any torn last line.
+
+    A run killed after logging an epoch but before its checkpoint would otherwise log that epoch
+    twice once resumed; the log of a resumed run must read like that of an uninterrupted one.
+    """
+    try:
+        lines = Path(path).read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable metrics log ({exc})") from None
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        logged_at = record.get("step", 0) if isinstance(record, dict) else None
+        if line.endswith("\n") and isinstance(logged_at, (int, float)) and logged_at <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        try:
+            atomic_write_text(Path(path), "".join(kept))
+        except OSError as exc:
+            raise CheckpointError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
 
 
 def _checked(run_dir: Path, meta: dict[str, Any], key: str) -> Path:

@@ -27,7 +27,8 @@ from ..errors import CheckpointError, LocalconvError
 from ..models.base import Classifier
 from ..models.registry import model_spec
 from . import distributed as ddp
-from .checkpoint import load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint
+from .checkpoint import (load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint,
+                         trim_log)
 from .ema import WeightEMA
 from .evaluate import evaluate
 from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
@@ -71,8 +72,13 @@ class TrainOptions:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")
+    if name not in ("cpu", "cuda") and not (kind == "cuda" and index.isdigit()):
+        raise LocalconvError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise LocalconvError("--device cuda: no CUDA GPU is available (use --device cpu)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise LocalconvError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
 
 
@@ -276,6 +282,7 @@ class Trainer:
 
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            trim_log(self.run_dir / "metrics.jsonl", self.state.step)  # records after the checkpoint resumed from
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)

@@ -69,15 +69,17 @@ def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None,
                     raise LocalconvError("--lr: cfg models take their learning rates (epsW/epsB) from the params "
                                          "file; use --lr-scale to multiply them all")
                 base = lr
+            # cuda-convnet's schedules divide epsW; epsB stays (REFERENCE §3). TF decays every rate.
+            scheduled = model_family(model) == "tf" or not _is_bias(g.name)
             groups.append({"params": g.params, "lr": base * lr_scale, "base_lr": base * lr_scale,
-                           "momentum": g.momentum, "wc": g.wc, "name": g.name})
+                           "momentum": g.momentum, "wc": g.wc, "name": g.name, "scheduled": scheduled})
         return ConvNetSGD(groups)
     # fast: Nesterov SGD; lr scaled with the batch (linear rule from 512), no decay on biases/norm params.
     peak = (lr if lr is not None else 0.2 * batch_size / 512) * lr_scale
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # biases (also untied [C,H,W] ones) and 1-d parameters are not decayed
+            (no_decay if _is_bias(name) or p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": 5e-4},
               {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.SGD(groups, lr=peak, momentum=0.9, nesterov=True)
@@ -101,9 +103,14 @@ def build_schedule(recipe: RecipeSettings, model: Classifier, steps_per_epoch: i
     return WarmupLinearDecay(total_steps, warmup_steps=min(steps_per_epoch, total_steps // 5), final=0.0)
 
 
+def _is_bias(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "bias" or leaf.startswith("bias_")
+
+
 def set_lr(optimizer: "torch.optim.Optimizer", multiplier: float) -> None:
     for g in optimizer.param_groups:
-        g["lr"] = g["base_lr"] * multiplier
+        g["lr"] = g["base_lr"] * (multiplier if g.get("scheduled", True) else 1.0)
 
 
 def count_params(model: nn.Module) -> int:
