@@ -123,6 +123,21 @@ def compile_check() -> dict:
             "step_ms": {k: v * 1e3 for k, v in times.items()}}
 
 
+def profile_step(shape_name: str, steps: int = 10) -> str:
+    """torch.profiler table (CPU and CUDA time per op) of the local-triton fwd+bwd step."""
+    shape = next(s for s in bench.benchmark_shapes() if s.name == shape_name)
+    step = bench.build_step("local-triton", shape, "cuda")
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
+
+
 def tune(shapes: list[str]) -> list[dict]:
     """Median time of a few tile configurations per kernel (triton.testing.do_bench)."""
     import triton.testing
@@ -233,6 +248,11 @@ def main() -> int:
     print(f"\ncompile: {'ok' if c['ok'] else 'FAIL'} worst rel err {c['worst_rel_error']:.2e}, first call "
           f"{c['first_call_seconds']:.1f} s, step eager {c['step_ms']['eager']:.3f} ms, "
           f"compiled {c['step_ms']['compiled']:.3f} ms")
+    try:  # where a small layer's time goes (CPU launch overhead vs kernels): information only
+        report["profile_local3-6x6-N128"] = profile_step("local3-6x6-N128")
+        print("\nprofile of 10 local-triton steps, local3-6x6-N128:\n" + report["profile_local3-6x6-N128"])
+    except Exception as exc:  # noqa: BLE001
+        print(f"profile failed: {exc!r}")
     report["seconds"] = time.perf_counter() - started
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1, default=str)

@@ -152,6 +152,7 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
             y = forward()
         y.backward(grad)
 
+    step.leaves = leaves  # type: ignore[attr-defined]  (peak_memory_cuda clears their grads)
     return step
 
 
@@ -192,8 +193,11 @@ def time_steps(steps: dict[str, Callable[[], None]], device: str, rounds: int = 
 
 
 def peak_memory_cuda(step: Callable[[], None]) -> int:
-    """Bytes allocated at the peak of one step, above what was held before it."""
+    """Bytes allocated at the peak of one step, above what was held before it (inputs, parameters;
+    the gradients the step creates are counted, as on the CPU)."""
     step()
+    for t in getattr(step, "leaves", []):
+        t.grad = None
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

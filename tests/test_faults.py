@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from cifar_fixtures import make_arrays, write_image_tree
 from localconv.cli.main import main
 from localconv.data import load_cifar10
-from localconv.training.checkpoint import load_optimizer_state, load_run, read_meta
+from localconv.training.checkpoint import TEMP_FILE, load_optimizer_state, load_run, read_meta
 
 EPOCHS = 8
 STEPS_PER_EPOCH = 4  # 96 images / batch 24
@@ -98,8 +98,9 @@ def committed_step(run: Path) -> int:
 
 
 def temp_files(run: Path, prefix: str = ".") -> list[str]:
+    """Temp files of checkpoint writes (ours: ``.NAME.XXXX.tmp``; safetensors' own: ``.tmpXXXXXX``)."""
     try:
-        return [n for n in os.listdir(run) if n.startswith(prefix) and n.endswith(".tmp")]
+        return [n for n in os.listdir(run) if n.startswith(prefix) and TEMP_FILE.fullmatch(n)]
     except FileNotFoundError:
         return []
 

@@ -127,25 +127,35 @@ def test_mutated_weight_is_detected() -> None:
     assert diff.any() and diff[:, 0, 1, 2].all() and diff.sum() == diff[:, 0, 1, 2].sum()
 
 
-@pytest.mark.parametrize("stride,padding,size", [(1, 1, (6, 6)), (2, 2, (7, 5)), ((1, 2), 0, (5, 8))])
-def test_shared_filter_equals_conv2d(stride, padding, size) -> None:
+def check_shared_filter_equals_conv2d(stride, padding, size, backend: str, device: str = "cpu",  # noqa: ANN001
+                                      dtype: torch.dtype = torch.float64, tol: float | None = None) -> None:
+    """Every position holding the same filter bank (and bias) must give F.conv2d, and its grads."""
     gen = torch.Generator().manual_seed(1)
-    conv_w = torch.randn(4, 3, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    conv_b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    conv_w = torch.randn(4, 3, 3, 2, generator=gen, dtype=dtype).to(device).requires_grad_()
+    conv_b = torch.randn(4, generator=gen, dtype=dtype).to(device).requires_grad_()
+    x = torch.randn(2, 3, *size, generator=gen, dtype=dtype).to(device).requires_grad_()
     y_conv = F.conv2d(x, conv_w, conv_b, stride=stride, padding=padding)
     oh, ow = y_conv.shape[2:]
     local_w = conv_w.detach().expand(oh, ow, *conv_w.shape).contiguous().requires_grad_()
     local_b = conv_b.detach()[:, None, None].expand(4, oh, ow).contiguous().requires_grad_()
     x2 = x.detach().clone().requires_grad_()
-    y_local = local_conv2d(x2, local_w, local_b, stride, padding)
-    torch.testing.assert_close(y_local, y_conv)
+    y_local = local_conv2d(x2, local_w, local_b, stride, padding, backend=backend)
+    close = {} if tol is None else {"atol": tol, "rtol": tol}
+    torch.testing.assert_close(y_local, y_conv, **close)
     grad = torch.randn_like(y_conv)
     gx_c, gw_c, gb_c = torch.autograd.grad(y_conv, (x, conv_w, conv_b), grad)
     gx_l, gw_l, gb_l = torch.autograd.grad(y_local, (x2, local_w, local_b), grad)
-    torch.testing.assert_close(gx_l, gx_c)
-    torch.testing.assert_close(gw_l.sum((0, 1)), gw_c)  # shared weight grad = sum over positions
-    torch.testing.assert_close(gb_l.sum((1, 2)), gb_c)
+    torch.testing.assert_close(gx_l, gx_c, **close)
+    torch.testing.assert_close(gw_l.sum((0, 1)), gw_c, **close)  # shared weight grad = sum over positions
+    torch.testing.assert_close(gb_l.sum((1, 2)), gb_c, **close)
+
+
+SHARED_FILTER_CASES = [(1, 1, (6, 6)), (2, 2, (7, 5)), ((1, 2), 0, (5, 8))]
+
+
+@pytest.mark.parametrize("stride,padding,size", SHARED_FILTER_CASES)
+def test_shared_filter_equals_conv2d(stride, padding, size) -> None:  # noqa: ANN001
+    check_shared_filter_equals_conv2d(stride, padding, size, "portable")
 
 
 def test_gradcheck() -> None:
@@ -176,14 +186,15 @@ def test_channels_last_and_strided_inputs() -> None:
     torch.testing.assert_close(layer(wide), naive_local_conv2d(wide, layer.weight, layer.bias, (1, 2), 1))
 
 
-def test_bfloat16_autocast_on_cpu() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_on_cpu(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     layer = LocallyConnected2d(8, 4, 6, 3, padding=1)
     x = torch.randn(4, 8, 6, 6)
     ref = layer(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == dtype
     assert (y.float() - ref).norm() / ref.norm() < 2e-2
     y.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32

@@ -19,7 +19,8 @@ import torch
 from localconv import LocallyConnected2d
 from localconv.nn import functional as local_functional
 from localconv.nn.functional import local_conv2d
-from test_local_layer import ODD_CASES, assert_matches_reference, make_case, naive_local_conv2d
+from test_local_layer import (ODD_CASES, SHARED_FILTER_CASES, assert_matches_reference,
+                              check_shared_filter_equals_conv2d, make_case, naive_local_conv2d)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -55,8 +56,15 @@ def test_triton_matches_naive_reference(case: tuple) -> None:
 
 
 @kernels
-def test_triton_without_bias_and_shared_filters() -> None:
+def test_triton_without_bias() -> None:
     assert_matches_reference(ODD_CASES[1], triton_run, dtype=torch.float32, atol=2e-5, bias=False)
+
+
+@kernels
+@pytest.mark.parametrize("stride,padding,size", SHARED_FILTER_CASES)
+def test_triton_shared_filter_equals_conv2d(stride, padding, size) -> None:  # noqa: ANN001
+    torch.backends.cudnn.allow_tf32 = False  # compare with strict fp32 convolution
+    check_shared_filter_equals_conv2d(stride, padding, size, "triton", DEVICE, torch.float32, tol=1e-4)
 
 
 @kernels

@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
     p.add_argument("--batch-size", type=positive_int, default=1000)
     p.add_argument("--confusion", type=Path, default=None, help="write the confusion matrix (.csv or .png)")
+    p.add_argument("--reliability", type=Path, default=None, help="write a reliability diagram (.png)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a softmax temperature on the run's validation split and store it in the run, "
+                        "so that eval/predict probabilities are calibrated")
     p.add_argument("--json", action="store_true", help='print {"accuracy": ..., "n": ..., ...} only')
     p.set_defaults(func=run)
 
@@ -57,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
             raise LocalconvError(f"--confusion {args.confusion}: use a .csv or .png file name")
         if not args.confusion.absolute().parent.is_dir():
             raise LocalconvError(f"--confusion {args.confusion}: {args.confusion.parent} is not an existing folder")
+    if args.reliability is not None and (args.reliability.suffix.lower() != ".png"
+                                         or not args.reliability.absolute().parent.is_dir()):
+        raise LocalconvError(f"--reliability {args.reliability}: give a .png file in an existing folder")
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
     data_args = meta.get("data", {}).get("args", {})
@@ -75,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {meta['classes']}")
     views = "multiview" if args.multiview else "flip" if args.flip else "single"
     amp = device.type == "cuda"
+    calibration = None
+    if args.calibrate:
+        calibration = _calibrate(args, model, data, data_args, device, images, labels, views, amp)
     result = evaluate(model, images.to(device), labels.to(device), views=views, batch_size=args.batch_size, amp=amp)
     per_class = result.per_class_accuracy()
     out = {"accuracy": result.accuracy, "n": result.n, "split": args.split, "views": views,
@@ -84,6 +94,16 @@ def run(args: argparse.Namespace) -> int:
     from ..reports.calibration import expected_calibration_error
 
     out["ece"] = expected_calibration_error(result.probs, result.labels)
+    out["temperature"] = float(model.temperature)
+    if calibration is not None:
+        out["calibration"] = calibration
+    if args.reliability:
+        from ..reports.calibration import calibration_bins
+        from ..reports.plots import plot_reliability
+
+        plot_reliability(calibration_bins(result.probs, result.labels), args.reliability, out["ece"],
+                         title=f"{out['model']}, {args.split} split")
+        out["reliability_file"] = str(args.reliability)
     if args.confusion:
         try:
             write_confusion(args.confusion, result.confusion(), list(data.classes))
@@ -97,8 +117,38 @@ def run(args: argparse.Namespace) -> int:
           f"({views} view{'s' if views != 'single' else ''}, {out['weights']} weights, step {meta['step']})")
     for name, acc in zip(data.classes, per_class):
         print(f"  {name:<12} {acc:.4f}")
-    print(f"expected calibration error: {out['ece']:.4f}")
+    if calibration is not None:
+        print(f"temperature {calibration['temperature']:.3f} fitted on {calibration['n_val']} validation images "
+              f"and stored in {args.run}; expected calibration error {calibration['ece_before']:.4f} -> "
+              f"{out['ece']:.4f}")
+    else:
+        t = f" (temperature {out['temperature']:.3f})" if out["temperature"] != 1.0 else ""
+        print(f"expected calibration error: {out['ece']:.4f}{t}")
+    if args.reliability:
+        print(f"reliability diagram written to {args.reliability}", file=sys.stderr)
     if args.confusion:
         print(f"confusion matrix written to {args.confusion}", file=sys.stderr)
     del torch
     return 0
+
+
+def _calibrate(args, model, data, data_args, device, images, labels, views, amp) -> dict:  # noqa: ANN001
+    """Fit the temperature on the run's validation split, store it in run.json and set it on ``model``;
+    returns the fit and the ECE of the evaluated images before it."""
+    from ..data.loader import select_splits
+    from ..reports.calibration import centre_view_logits, expected_calibration_error, fit_temperature
+    from ..training.checkpoint import update_meta
+    from ..training.evaluate import evaluate
+
+    if not data_args.get("val_split"):
+        raise LocalconvError(f"--calibrate: run {args.run} was trained without --val-split; the temperature is "
+                             "fitted on held-out training images, never on the test set")
+    val = select_splits(data.train_images, data.train_labels, data.test_images[:1], data.test_labels[:1],
+                        limit_train=1, val_split=data_args["val_split"])
+    temperature = fit_temperature(centre_view_logits(model, val.val_images.to(device)), val.val_labels)
+    model.temperature.fill_(1.0)
+    before = evaluate(model, images.to(device), labels.to(device), views=views, batch_size=args.batch_size, amp=amp)
+    model.temperature.fill_(temperature)
+    update_meta(args.run, temperature=temperature)
+    return {"temperature": temperature, "n_val": int(val.val_labels.numel()),
+            "ece_before": expected_calibration_error(before.probs, before.labels)}

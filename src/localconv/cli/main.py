@@ -14,6 +14,8 @@ COMMANDS = [
     "eval",
     "predict",
     "summary",
+    "doctor",
+    "compare",
 ]
 
 

@@ -40,7 +40,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip batches whose loss is NaN/Inf")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    diag = p.add_argument_group("diagnosis (see docs/diagnosis.md)")
+    diag.add_argument("--watch", action="store_true",
+                      help="run the doctor's per-layer checks during training; warn once per problem")
+    diag.add_argument("--watch-every", type=positive_int, default=50, help="steps between --watch checks")
+    diag.add_argument("--stop-on-problem", action="store_true",
+                      help="stop (with a checkpoint) at the first problem --watch finds; implies --watch")
+    diag.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                      help="write TensorBoard scalars and histograms (to DIR, default the run folder)")
+    diag.add_argument("--tb-every", type=positive_int, default=100, help="steps between TensorBoard writes")
     p.set_defaults(func=run)
+
+
+def diagnostic_callbacks(args: argparse.Namespace, out: Path) -> list[Any]:
+    """The --watch / --tensorboard callbacks (never stored in the run: they change nothing in it)."""
+    callbacks: list[Any] = []
+    if args.watch or args.stop_on_problem:
+        from ..diagnostics.watch import WatchCallback
+
+        callbacks.append(WatchCallback(every=args.watch_every, stop_on_problem=args.stop_on_problem))
+    if args.tensorboard is not None:
+        from ..reports.tensorboard import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(Path(args.tensorboard) if args.tensorboard else out,
+                                             every=args.tb_every))
+    return callbacks
 
 
 OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "seed", "device", "amp", "compile",
@@ -104,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:  # a hand-edited run.json
             raise CheckpointError(f"{out / RUN_FILE}: field 'options' is malformed ({exc})") from None
     else:
+        import torch
+
+        torch.manual_seed(args.seed)  # the initial weights, too, follow --seed: the same command, the same run
         model = model_from_args(args)
         data_args = {k: (str(Path(getattr(args, k)).resolve()) if k in ("data", "cache_dir") and getattr(args, k)
                          else getattr(args, k)) for k in DATA_KEYS}
@@ -126,17 +153,21 @@ def run(args: argparse.Namespace) -> int:
     from ..training import distributed as ddp
 
     dist_ctx = ddp.from_environment(options.device)
+    callbacks = diagnostic_callbacks(args, out) if dist_ctx is None or dist_ctx.is_main else []
     try:
-        return _fit(model, splits, out, options, info, list(data.classes), resume, dist_ctx)
+        return _fit(model, splits, out, options, info, list(data.classes), resume, dist_ctx, callbacks)
     finally:
+        for cb in callbacks:
+            if hasattr(cb, "close"):
+                cb.close()
         ddp.shutdown(dist_ctx)
 
 
-def _fit(model, splits, out, options, info, classes, resume, dist_ctx) -> int:  # noqa: ANN001
+def _fit(model, splits, out, options, info, classes, resume, dist_ctx, callbacks=()) -> int:  # noqa: ANN001
     from ..training.engine import Trainer
 
     trainer = Trainer(model, splits, out, options, data_info=info, classes=classes, resume=resume,
-                      dist_ctx=dist_ctx)
+                      dist_ctx=dist_ctx, callbacks=callbacks)
     if not trainer.is_main:
         options.progress = False
     say = (lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else (lambda msg: None)  # noqa: E731
@@ -148,6 +179,9 @@ def _fit(model, splits, out, options, info, classes, resume, dist_ctx) -> int:  
         say(f"interrupted: checkpoint written at step {state.step}; continue with "
             f"`localconv train --resume --out {out}`")
         return 130
+    if trainer.stop_reason.startswith("problem"):
+        say(f"stopped at step {state.step} ({trainer.stop_reason}, --stop-on-problem); checkpoint written")
+        return 1
     acc = state.last_accuracy
     say(f"done: step {state.step}, {trainer.splits.eval_split} accuracy {acc:.4f}" if acc is not None
         else f"done: step {state.step}")

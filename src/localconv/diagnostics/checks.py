@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .monitor import LayerStats, MonitorHistory
+from .monitor import SATURATED_PROB, LayerStats, MonitorHistory
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -34,17 +34,20 @@ VANISHING_GAIN = 0.02
 EXPLODING_GAIN = 20.0
 # Initial forward gain far from 1 (fan-in scaling), relative to the input's scale: a layer fed
 # inputs of RMS s may bring them down to unit scale (gain 1/s: cuda-convnet's conv1 takes raw
-# pixels of RMS ~60 with initW 1e-4), but not far below; healthy hidden layers measured 0.2 to 1.5.
+# pixels of RMS ~60 with initW 1e-4), but not far below, nor amplify them much beyond it;
+# healthy hidden layers measured 0.2 to 1.5.
 INIT_GAIN_LOW = 0.01
-INIT_GAIN_HIGH = 50.0
+INIT_GAIN_HIGH = 10.0
 # Outputs whose image-to-image spread is under 3% of their size are nearly constant.
 CONSTANT_OUTPUT = 0.03
 DEAD_UNITS = 0.5     # warn when half of a layer's rectifier units never fire on a batch
 DEAD_LAYER = 0.95    # and call the layer dead beyond this
 UPDATE_TOO_LARGE = 1.0   # an optimizer step that changes the weights by more than their own size
 UPDATE_TOO_SMALL = 1e-6  # a layer whose weights do not move
-SATURATED_PROB = 0.99    # mean top softmax probability of a saturated softmax
+SATURATED_FRACTION = 0.5  # a softmax saturated on this share of the images, confidently wrong, is broken
 MIN_LOSS_STEPS = 20      # steps needed before judging the loss trend
+LOSS_TOLERANCE = 0.01    # a loss "decreases" when its last fifth is below its first fifth by this
+LOSS_AT_CHANCE = 0.02    # ... and sits "at chance" within this of ln(classes)
 
 
 @dataclass
@@ -79,6 +82,8 @@ def _fmt(x: float) -> str:
 
 
 def _pct(x: float) -> str:
+    if x >= 10:
+        return f"{x:.2g} times"
     return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
 
 
@@ -103,10 +108,16 @@ def _is_dead(s: LayerStats) -> bool:
 def weak_init(h: MonitorHistory, layer: str) -> bool:
     """True when ``layer``'s initial forward gain is far below fan-in scaling for its input."""
     stats = h.stats.get(layer)
-    if not stats:
+    if not stats or _is_dead(stats[0]):
         return False
     s = stats[0]
     return s.weight_rms == 0 or s.forward_gain < _init_bounds(s)[0]
+
+
+def _weakness(h: MonitorHistory, layer: str) -> str:
+    if h.stats[layer][0].weight_rms == 0:
+        return "its weights are all zero"
+    return "its weights are too small for its input"
 
 
 def check_nonfinite(h: MonitorHistory) -> list[Finding]:
@@ -135,13 +146,19 @@ def _nonfinite_finding(h: MonitorHistory, step: int, layer: str | None, where: s
 
 def check_init_scale(h: MonitorHistory) -> list[Finding]:
     found = []
-    for name in _hidden(h):
+    for name in h.layers:
+        if not h.stats.get(name):
+            continue
         s = h.stats[name][0]
+        if _is_dead(s) or (s.in_rms > 0 and s.in_signal / s.in_rms < CONSTANT_OUTPUT):
+            continue  # dead, or its input hardly varies between images: no gain can be judged here
         lo, hi = _init_bounds(s)
+        if name == h.layers[-1]:
+            lo = 0.0  # a small (even zero) classifier init is a deliberate choice
         fan = h.fan_in.get(name, 0)
         scaling = f"1/sqrt({fan}) = {_fmt(1 / math.sqrt(fan))}" if fan else ""
         he = f"; fan-in scaling for unit-scale inputs is {scaling}" if fan else ""
-        if s.weight_rms == 0:
+        if s.weight_rms == 0 and lo > 0:
             found.append(Finding(
                 "zero_init", name, "error",
                 f"{name}'s weights are all zero at initialization: its outputs are the same for every image and "
@@ -149,7 +166,7 @@ def check_init_scale(h: MonitorHistory) -> list[Finding]:
                 f"initialize {name}'s weights randomly" + (f" (std about {scaling} for unit-scale inputs)."
                                                            if fan else "."), s.step))
         elif s.forward_gain < lo:
-            good = s.weight_rms / s.forward_gain * min(1.0, 1.0 / max(s.in_rms, 1e-12))
+            good = s.weight_rms / max(s.forward_gain, 1e-12) * min(1.0, 1.0 / max(s.in_rms, 1e-12))
             found.append(Finding(
                 "init_too_small", name, "warning",
                 f"{name}'s initial weights (std {_fmt(s.weight_rms)}) are far below fan-in scaling for its input "
@@ -201,8 +218,7 @@ def check_gradient_flow(h: MonitorHistory) -> list[Finding]:
         episode = _episode(stats, vanishing)
         if episode:
             first, recovered = episode
-            cause = (f"its weights are too small for its input" if weak_init(h, name)
-                     else "its weights or its rectifier units let little through")
+            cause = _weakness(h, name) if weak_init(h, name) else "its weights or its rectifier units let little through"
             found.append(Finding(
                 "vanishing_gradients", name, "warning",
                 f"gradients vanish from {name} down: it passes on only {_pct(first.backward_gain)} of the gradient "
@@ -222,8 +238,15 @@ def check_gradient_flow(h: MonitorHistory) -> list[Finding]:
     return found
 
 
+def _init_margin(h: MonitorHistory, layer: str) -> float:
+    """Initial forward gain over its lower bound (< 1: too weak for its input)."""
+    s = h.stats[layer][0]
+    return 0.0 if s.weight_rms == 0 else s.forward_gain / _init_bounds(s)[0]
+
+
 def check_constant_outputs(h: MonitorHistory) -> list[Finding]:
-    """The first layer (forward order) whose outputs hardly differ between images."""
+    """The first layer (forward order) whose outputs hardly differ between images, blamed on the
+    weakest layer up to it (relative to its input's scale)."""
 
     def constant(s: LayerStats) -> bool:
         return s.act_rms > 0 and s.signal / s.act_rms < CONSTANT_OUTPUT and not _is_dead(s)
@@ -234,20 +257,19 @@ def check_constant_outputs(h: MonitorHistory) -> list[Finding]:
         if not episode:
             continue
         first, recovered = episode
-        if weak_init(h, name) or first.forward_gain < _init_bounds(first)[0]:
-            cause = f"{name}'s weights are too small for its input, so its bias dominates its output"
-            culprit = name
+        candidates = [n for n in h.layers[:i + 1] if h.stats.get(n)]
+        culprit = min(candidates, key=lambda n: _init_margin(h, n))
+        if culprit == name:
+            cause = f"{_weakness(h, name)}, so its biases dominate its outputs"
         else:
-            upstream = [n for n in h.layers[:i] if h.stats.get(n)]
-            culprit = min(upstream, key=lambda n: h.stats[n][0].forward_gain) if upstream else name
-            cause = (f"its input varies too little next to its bias (smallest gain upstream: {culprit})"
-                     if upstream else "its input images hardly differ")
+            cause = (f"its input varies too little next to its biases: {culprit}, upstream, is the weakest layer "
+                     "for the scale of its input")
         above = "the layers above see" if name != h.layers[-1] else "the softmax sees"
         return [Finding(
-            "constant_outputs", name, "warning",
+            "constant_outputs", culprit, "warning",
             f"{name}'s outputs are nearly the same for every image: their spread between images is "
             f"{_pct(first.signal / first.act_rms)} of their size{_course(first, recovered, stats[-1])}, so {above} "
-            f"an almost constant input and the loss stays near chance; {cause}.",
+            f"an almost constant input and learn only a constant; {cause}.",
             f"initialize {culprit} with a larger std (fan-in scaling for its input).", first.step)]
     return []
 
@@ -276,64 +298,80 @@ def check_dead_units(h: MonitorHistory) -> list[Finding]:
 
 
 def check_updates(h: MonitorHistory) -> list[Finding]:
-    found = []
+    """Optimizer steps that change weights by more than their size (too high a learning rate), and
+    layers whose weights do not move. Layers with a too-small init are left to the init check:
+    tiny weights make any sensible step look large."""
+    found, too_large = [], []
     for name in h.layers:
-        ratios = [(s.step, s.update_ratio) for s in h.stats.get(name, [])[1:]
-                  if s.update_ratio is not None and math.isfinite(s.update_ratio)]
-        if len(ratios) < 2:
+        if weak_init(h, name):
             continue
-        typical = statistics.median(r for _, r in ratios)
-        if typical > UPDATE_TOO_LARGE:
-            found.append(Finding(
-                "update_too_large", name, "warning",
-                f"each optimizer step changes {name}'s weights by {_pct(typical)} of their size (median): "
-                "the learning rate is far too high for it.",
-                f"lower the learning rate (about {max(10, round(typical * 1000)):.0f}x for {name}); "
-                "healthy steps change weights by about 0.01%-1%.", ratios[0][0]))
-        elif typical < UPDATE_TOO_SMALL and not weak_init(h, name):
+        ratios = [(s.step, s.update_ratio) for s in h.stats.get(name, [])
+                  if s.update_ratio is not None and math.isfinite(s.update_ratio)]
+        big = [(step, r) for step, r in ratios if r > UPDATE_TOO_LARGE]
+        if big:
+            too_large.append((name, big[0][0], max(r for _, r in big)))
+        later = [r for _, r in ratios[1:]]
+        if len(later) >= 2 and statistics.median(later) < UPDATE_TOO_SMALL:
             found.append(Finding(
                 "not_learning", name, "warning",
-                f"{name}'s weights hardly move: each step changes them by {typical:.1g} of their size (median).",
-                f"raise {name}'s learning rate, or look for vanishing gradients above it.", ratios[0][0]))
+                f"{name}'s weights hardly move: each step changes them by {_fmt(statistics.median(later))} "
+                "of their size (median).",
+                f"raise {name}'s learning rate, or look for vanishing gradients above it.", ratios[1][0]))
+    if too_large:
+        worst = max(r for _, _, r in too_large)
+        first = min(step for _, step, _ in too_large)
+        factor = 10 ** max(1, math.ceil(math.log10(worst / 0.01)))
+        names = ", ".join(n for n, _, _ in too_large)
+        fix = (f"lower the learning rate about {factor:g}x (--lr or --lr-scale); healthy steps change weights by "
+               "about 0.01%-1% of their size.")
+        if len(too_large) >= max(2, len(h.layers) // 2):
+            found.append(Finding("update_too_large", None, "error",
+                                 f"optimizer steps change the weights of {names} by up to {_pct(worst)} of their "
+                                 f"size (from step {first}): the learning rate is far too high.", fix, first))
+        else:
+            for name, step, r in too_large:
+                found.append(Finding("update_too_large", name, "warning",
+                                     f"an optimizer step changes {name}'s weights by {_pct(r)} of their size "
+                                     f"(step {step}): its learning rate is far too high.", fix, step))
     return found
 
 
 def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
-    losses = [x for _, x in h.losses if math.isfinite(x)]
-    if len(losses) < min_steps:
+    pairs = [(step, x) for step, x in h.losses if math.isfinite(x)]
+    if len(pairs) < min_steps:
         return []
-    k = max(5, len(losses) // 5)
-    head, tail = losses[:k], losses[-k:]
+    k = max(5, len(pairs) // 5)
+    head, tail = [x for _, x in pairs[:k]], [x for _, x in pairs[-k:]]
     m_head, m_tail = statistics.fmean(head), statistics.fmean(tail)
     se = math.sqrt(statistics.pvariance(head) / len(head) + statistics.pvariance(tail) / len(tail))
     chance = math.log(h.num_classes)
-    steps = f"steps {h.losses[0][0]}-{h.losses[k - 1][0]} vs {h.losses[-k][0]}-{h.losses[-1][0]}"
+    steps = f"steps {pairs[0][0]}-{pairs[k - 1][0]} vs {pairs[-k][0]}-{pairs[-1][0]}"
     if m_tail > m_head + max(0.1, 3 * se):
         return [Finding("loss_increasing", None, "warning",
                         f"the loss rises: {m_head:.3f} -> {m_tail:.3f} ({steps}); training is diverging.",
-                        "lower the learning rate.", h.losses[-k][0])]
-    if m_tail >= m_head - max(0.01, 2 * se):
-        at_chance = abs(m_tail - chance) < 0.05
+                        "lower the learning rate.", pairs[-k][0])]
+    at_chance = abs(m_tail - chance) < LOSS_AT_CHANCE
+    if m_tail > m_head - LOSS_TOLERANCE or (at_chance and m_head - m_tail < 2 * se):
         what = (f"the loss is stuck at chance level, ln({h.num_classes}) = {chance:.2f}: the network predicts "
                 "the same for every image" if at_chance else "the loss does not decrease")
         return [Finding("loss_not_decreasing", None, "warning",
                         f"{what} ({m_head:.3f} -> {m_tail:.3f}, {steps}).",
                         "see the layer findings; with none, raise the learning rate or train longer.",
-                        h.losses[-k][0])]
+                        pairs[-k][0])]
     return []
 
 
 def check_softmax(h: MonitorHistory) -> list[Finding]:
-    saturated = [o for o in h.outputs if o.max_prob > SATURATED_PROB and o.saturated_frac > 0.5]
+    chance = math.log(h.num_classes)
+    saturated = [o for o in h.outputs if o.saturated_frac > SATURATED_FRACTION and o.loss > chance]
     if not saturated:
         return []
     o = saturated[0]
-    chance = math.log(h.num_classes)
-    wrong = f" and often wrong (loss {o.loss:.2f} > {chance:.2f})" if o.loss > chance else ""
     return [Finding(
         "softmax_saturated", h.layers[-1] if h.layers else None, "warning",
-        f"the softmax is saturated at step {o.step}: predictions are {_pct(o.max_prob)} confident on average{wrong}; "
-        f"the logits are too large (spread {o.logit_std:.3g}), so their gradients vanish or explode.",
+        f"the softmax is saturated at step {o.step}: {_pct(o.saturated_frac)} of the images get a top probability "
+        f"above {SATURATED_PROB}, yet the loss is {o.loss:.3g} (chance: {chance:.2f}), so they are confidently "
+        f"wrong; the logits are too large (spread {o.logit_std:.3g}), so their gradients vanish or explode.",
         "scale down the last layer's init (about 1/sqrt(fan-in) or smaller) or lower the learning rate.", o.step)]
 
 
@@ -343,11 +381,47 @@ CHECKS: list[Callable[[MonitorHistory], list[Finding]]] = [
 ]
 
 
+# What a blow-up (a far too large step, NaN) leaves behind: reported as its consequences.
+AFTERMATH = {
+    "dead_layer": "{layer} died", "dead_units": "units of {layer} died",
+    "vanishing_gradients": "gradients vanished at {layer}", "exploding_gradients": "gradients exploded at {layer}",
+    "constant_outputs": "outputs became constant", "softmax_saturated": "the softmax saturated",
+    "not_learning": "{layer} stopped learning", "loss_not_decreasing": "the loss stopped decreasing",
+    "loss_increasing": "the loss rose",
+}
+STARVING = ("dead_layer", "vanishing_gradients", "zero_init", "init_too_small", "softmax_saturated")
+
+
+def explain(findings: list[Finding], history: MonitorHistory) -> list[Finding]:
+    """Fold findings that are consequences of another into it: what follows a blow-up, layers that
+    stop learning below a dead or starving layer, constant outputs behind a dead layer."""
+    order = {name: i for i, name in enumerate(history.layers)}
+    blowups = [f for f in findings if f.kind in ("update_too_large", "nonfinite") and f.step is not None]
+    kept = list(findings)
+    if blowups:
+        root = min(blowups, key=lambda f: f.step)
+        aftermath = [f for f in kept if f.kind in AFTERMATH and f.step is not None and f.step > root.step]
+        if aftermath:
+            labels = list(dict.fromkeys(AFTERMATH[f.kind].format(layer=f.layer or "the model") for f in aftermath))
+            root.message += f" Then {', '.join(labels)}."
+            kept = [f for f in kept if f not in aftermath]
+    dead = [f for f in kept if f.kind == "dead_layer"]
+    if dead:
+        kept = [f for f in kept if not (f.kind == "constant_outputs" and f.step is not None
+                                        and f.step >= min(d.step or 0 for d in dead))]
+    starving = [order[f.layer] for f in kept if f.kind in STARVING and f.layer in order]
+    if starving:
+        top = max(starving)
+        kept = [f for f in kept if not (f.kind == "not_learning" and order.get(f.layer, len(order)) < top)]
+    return kept
+
+
 def run_checks(history: MonitorHistory, min_loss_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
     """All findings, most severe first, then in forward order of their layers.
 
     ``min_loss_steps``: the loss trend is judged only after this many steps.
     """
     findings = [f for check in CHECKS for f in check(history)] + check_loss(history, min_loss_steps)
+    findings = explain(findings, history)
     order = {name: i for i, name in enumerate(history.layers)}
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), order.get(f.layer, len(order))))

@@ -24,10 +24,10 @@ from .monitor import LayerMonitor, LayerStats, MonitorHistory
 
 @dataclass
 class DoctorOptions:
-    """How long and on what the doctor trains (defaults: about 20 s of CPU for tf-tutorial)."""
+    """How long and on what the doctor trains (defaults: about 15 s on two CPU cores for tf-tutorial)."""
 
     steps: int = 200
-    batch_size: int = 64
+    batch_size: int = 32
     limit_train: int = 5000      # training images used (a subset keeps the data on the device small)
     val_images: int = 1000       # held out from the training set to report an accuracy
     every: int = 5               # monitor one step in ``every``

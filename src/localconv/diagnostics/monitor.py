@@ -33,6 +33,8 @@ from ..training.engine import Callback
 if TYPE_CHECKING:
     from ..training.engine import Trainer
 
+SATURATED_PROB = 0.999  # a top softmax probability this close to 1 counts as saturated
+
 # Modules whose class lives in these modules count as a layer's nonlinearity.
 ACTIVATION_MODULES = ("torch.nn.modules.activation", "localconv.nn.neurons")
 
@@ -117,7 +119,7 @@ class OutputStats:
     loss: float               # cross-entropy (without weight-decay terms)
     logit_std: float          # spread of the logits (all images and classes)
     max_prob: float           # mean over images of the top softmax probability
-    saturated_frac: float     # images whose top probability exceeds 0.999
+    saturated_frac: float     # images whose top probability exceeds SATURATED_PROB
 
 
 @dataclass
@@ -164,6 +166,12 @@ def data_loss(trainer: "Trainer", loss: torch.Tensor) -> torch.Tensor:
         return loss / trainer.loss_coeff if trainer.loss_coeff else loss
 
 
+def _checksum(t: torch.Tensor) -> torch.Tensor:
+    """A float32 sum: non-finite exactly when ``t`` holds NaN/Inf (short of overflowing 3e38), and
+    cheaper than ``isfinite(t).all()``, so it can run on every layer at every step."""
+    return t.detach().sum(dtype=torch.float32)
+
+
 def _signal(t: torch.Tensor) -> torch.Tensor:
     """RMS over units of the std across images: the part of a batch that differs between images."""
     flat = t.detach().float().flatten(1)
@@ -180,6 +188,7 @@ class _Probe:
     """Hook state of one layer during one forward/backward."""
 
     __slots__ = ("inputs", "output", "act", "act_module", "grad_out", "grad_in", "finite")
+    # ``finite``: a checksum of the outputs (see _checksum), read only when the loss turns non-finite
 
     def __init__(self) -> None:
         self.inputs: list[torch.Tensor] = []
@@ -257,7 +266,7 @@ class LayerHooks:
                 return
             probe = self.probes.setdefault(name, _Probe())
             probe.output = output
-            probe.finite = torch.isfinite(output.detach()).all()
+            probe.finite = _checksum(output)
             if probe.act is None and self.detail and output.requires_grad:
                 # no nonlinearity inside: until one runs, the output is the activation
                 output.register_hook(self._grad_setter(probe, "grad_out", only_if_no_act=True))
@@ -270,7 +279,7 @@ class LayerHooks:
         probe = self.probes.setdefault(self._current, _Probe())
         self._current = None  # one nonlinearity per layer
         probe.act, probe.act_module = output, module
-        probe.finite = torch.isfinite(output.detach()).all() & (probe.finite if probe.finite is not None else True)
+        probe.finite = _checksum(output) + (probe.finite if probe.finite is not None else 0.0)
         if self.detail and output.requires_grad:
             output.register_hook(self._grad_setter(probe, "grad_out"))
 
@@ -304,7 +313,7 @@ def locate_nonfinite(model: nn.Module, hooks: LayerHooks | None = None) -> tuple
         if not all(bool(torch.isfinite(p).all()) for p in weight_params(layers[name])):
             return name, "weights"
         probe = hooks.probes.get(name) if hooks is not None else None
-        if probe is not None and probe.finite is not None and not bool(probe.finite):
+        if probe is not None and probe.finite is not None and not bool(torch.isfinite(probe.finite)):
             return name, "activations"
     for name in reversed(order):
         grads = [p.grad for p in layers[name].parameters(recurse=False) if p.grad is not None]
@@ -389,7 +398,11 @@ class LayerMonitor(Callback):
 
     def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:  # noqa: ARG002
         self.observe_step()
-        self._arm(trainer.state.step + 1)
+
+    @property
+    def step(self) -> int:
+        """Index (0-based) of the step being observed; after ``observe_step``, of the next one."""
+        return self._step
 
     # ------------------------------------------- usable without the engine too
     def observe_backward(self, loss: torch.Tensor, data_loss: torch.Tensor | None = None) -> None:
@@ -421,8 +434,8 @@ class LayerMonitor(Callback):
                 "in_rms": torch.stack([x.detach().float().pow(2).mean() for x in probe.inputs]).mean().sqrt()
                 if probe.inputs else flat.new_zeros(()),
                 "weight_rms": torch.cat([w.float().flatten() for w in weights]).pow(2).mean().sqrt(),
-                "finite_act": torch.isfinite(act.detach()).all(),
-                "finite_weight": torch.stack([torch.isfinite(w).all() for w in weights]).all(),
+                "finite_act": torch.isfinite(_checksum(act)),
+                "finite_weight": torch.isfinite(torch.stack([_checksum(w) for w in weights]).sum()),
             }
             if is_rectifier(probe.act_module):
                 values["dead_frac"] = (flat <= 0).all(dim=0).float().mean()
@@ -433,7 +446,7 @@ class LayerMonitor(Callback):
             if grads:
                 g = torch.cat([x.float().flatten() for x in grads])
                 values["grad_rms"] = g.pow(2).mean().sqrt()
-                values["finite_grad"] = torch.isfinite(g).all()
+                values["finite_grad"] = torch.isfinite(_checksum(g))
             self._pending[name] = values
             self._before[name] = [w.clone() for w in weights]
             if self.keep_tensors:
@@ -445,15 +458,22 @@ class LayerMonitor(Callback):
         if logits is not None:
             probs = torch.softmax(logits.float(), dim=-1).max(dim=-1).values
             self._output = {"logit_std": logits.float().std() if logits.numel() > 1 else logits.new_zeros(()),
-                            "max_prob": probs.mean(), "saturated_frac": (probs > 0.999).float().mean()}
+                            "max_prob": probs.mean(), "saturated_frac": (probs > SATURATED_PROB).float().mean()}
         else:
             self._output = None
 
     def observe_step(self) -> None:
-        """Call after ``optimizer.step()`` (or after a skipped step)."""
+        """Call after ``optimizer.step()`` (or after a skipped step); moves on to the next step."""
         hooks = self.hooks
         if hooks is None or self._loss is None:
             return
+        try:
+            self._record_step(hooks)
+        finally:
+            self._loss = None
+            self._arm(self._step + 1)
+
+    def _record_step(self, hooks: LayerHooks) -> None:
         loss_value = float(self._loss)
         self.history.losses.append((self._step, loss_value))
         if not self._armed or not self._pending:
@@ -480,4 +500,4 @@ class LayerMonitor(Callback):
         if self._output is not None:
             self.history.outputs.append(OutputStats(self._step, loss_value,
                                                     **{k: float(v) for k, v in self._output.items()}))
-        self._pending, self._before, self._output, self._loss = {}, {}, None, None
+        self._pending, self._before, self._output = {}, {}, None

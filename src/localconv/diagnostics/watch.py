@@ -74,3 +74,7 @@ class WatchCallback(Callback):
             trainer.should_stop = True
             trainer.stop_reason = f"problem: {new[0].kind}" + (f" in {new[0].layer}" if new[0].layer else "")
         return new
+
+    def close(self) -> None:
+        """Remove the hooks (also when training ended with an exception)."""
+        self.monitor.detach()

@@ -95,7 +95,6 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     """``y [N, O, OH, OW]``; ``cols`` (from :func:`columns`) skips the gathering."""
     n, ow, o = geo.input_shape[0], geo.out_hw[1], geo.out_channels
     y = x.new_empty((geo.positions, n, o))
-    bias_lo = bias.reshape(o, geo.positions).t() if bias is not None else None  # [L, O]
     xp = _padded_nhwc(x, geo.pads) if cols is None else None
     buffer = None
     for r0, r1 in _row_chunks(geo, x.element_size(), _chunk_bytes(x.device, chunk_bytes)):
@@ -105,12 +104,11 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
         else:
             buffer = buffer if buffer is not None else x.new_empty((l1 - l0, n, geo.k))
             chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-        w_t = _weight_columns(weight[r0:r1]).transpose(1, 2)  # [Lc, K, O]
-        if bias_lo is None:
-            torch.bmm(chunk, w_t, out=y[l0:l1])
-        else:
-            torch.baddbmm(bias_lo[l0:l1].unsqueeze(1), chunk, w_t, out=y[l0:l1])
-    return y.permute(1, 2, 0).reshape(n, o, *geo.out_hw).contiguous(memory_format=memory_format)
+        torch.bmm(chunk, _weight_columns(weight[r0:r1]).transpose(1, 2), out=y[l0:l1])
+    y_nchw = y.permute(1, 2, 0).reshape(n, o, *geo.out_hw)  # a view: [L, N, O] memory
+    out = torch.empty((n, o, *geo.out_hw), dtype=y.dtype, device=y.device, memory_format=memory_format)
+    # The bias is added in the copy to the output layout (cheaper than baddbmm's extra pass).
+    return torch.add(y_nchw, bias, out=out) if bias is not None else out.copy_(y_nchw)
 
 
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor, geo: Geometry,

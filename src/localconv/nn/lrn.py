@@ -41,9 +41,9 @@ class _CrossMapLRN(torch.autograd.Function):
         scale = denom.pow(-ctx.beta)
         # d y_c / d x_c' = scale_c [c == c'] - 2 beta alpha/n x_c x_c' scale_c / denom_c  [c' in window(c)]
         inner = grad * x * scale / denom
-        back = F.conv_transpose2d(inner, band)  # B^T: sums over the c whose window holds c'
+        back = F.conv_transpose2d(inner, band.to(inner.dtype))  # B^T: sums over the c whose window holds c'
         grad_x = grad * scale - (2.0 * ctx.beta * ctx.alpha_n) * x * back
-        return grad_x, None, None, None, None
+        return grad_x.to(x.dtype), None, None, None, None
 
 
 def cross_map_lrn(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> torch.Tensor:

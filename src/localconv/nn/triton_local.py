@@ -171,13 +171,24 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def default_configs(n: int, c: int, o: int, k: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
-    """Tile sizes per kernel for one problem; ``launch_*`` accept an override for tuning sweeps."""
-    depth = 64 if dtype != torch.float32 else 32  # reduction tile: 16-bit operands take twice as many
-    tile_n, tile_o, tile_c = _bucket(n, (16, 64)), _bucket(o, (16, 32, 64)), _bucket(c, (16, 64))
+    """Tile sizes per kernel; ``launch_*`` accept an override (``config=``) for tuning sweeps.
+
+    Chosen from a sweep on an H200 (benchmarks/gpu_local_layer.py --tune, cc-11pct shapes at
+    N=128 and 512): big batches take taller tiles and 8 warps, small ones more programs.
+    """
+    half = dtype != torch.float32
+    big = n >= 512
+    tile_o, tile_c = _bucket(o, (16, 32, 64)), _bucket(c, (16, 64))
+    if n <= 16:
+        fwd_n = gin_n = 16
+    else:
+        fwd_n = (64 if big else 32) if half else (128 if big else 64)
+        gin_n = 128 if big else 64
     return {
-        "forward": {"BLOCK_N": tile_n, "BLOCK_O": tile_o, "BLOCK_K": depth, "num_warps": 4},
-        "grad_input": {"BLOCK_N": tile_n, "BLOCK_C": tile_c, "BLOCK_O": min(tile_o, depth), "num_warps": 4},
-        "grad_weight": {"BLOCK_O": tile_o, "BLOCK_K": 64, "BLOCK_N": depth, "num_warps": 4},
+        "forward": {"BLOCK_N": fwd_n, "BLOCK_O": tile_o, "BLOCK_K": 64 if half else 32, "num_warps": 4},
+        "grad_input": {"BLOCK_N": gin_n, "BLOCK_C": tile_c, "BLOCK_O": min(tile_o, 64 if half else 32),
+                       "num_warps": 8 if big else 4},
+        "grad_weight": {"BLOCK_O": tile_o, "BLOCK_K": 128, "BLOCK_N": 64 if half and big else 32, "num_warps": 8},
     }
 
 

@@ -52,7 +52,8 @@ class TensorBoardCallback(Callback):
         self.writer: Any = None
         self.nonfinite: dict[str, int] = {}  # tag -> non-finite values left out
         self._samples = 0
-        self._clock: tuple[float, int] | None = None  # (time, images seen) at the last write
+        self._clock: tuple[float, int] | None = None  # (time, images trained) at the last write
+        self._images = 0
 
     # ---------------------------------------------------------------- writing
     def scalar(self, tag: str, value: float | None, step: int) -> None:
@@ -82,28 +83,30 @@ class TensorBoardCallback(Callback):
     def on_train_start(self, trainer: "Trainer") -> None:
         self.writer = open_writer(self.log_dir or trainer.run_dir)
         self.monitor.on_train_start(trainer)
-        self._clock = (time.perf_counter(), trainer.state.images_seen)
+        self._clock = (time.perf_counter(), self._images)
 
     def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         self.monitor.after_backward(trainer, loss)
 
     def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:
-        step = trainer.state.step  # the step just taken (the engine counts it after the callbacks)
         self.monitor.after_step(trainer, loss)
+        self._images += trainer.batch_size
         history = self.monitor.history
         samples = len(history.monitored_steps)
         if samples == self._samples:
             return
         self._samples = samples
+        index = self.monitor.step - 1  # the step just observed; TensorBoard's x axis counts steps done
+        step = index + 1
         self.scalar("train/loss", history.losses[-1][1] if history.losses else None, step)
         self.scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], step)
-        now, seen = time.perf_counter(), trainer.state.images_seen + trainer.batch_size
-        if self._clock is not None and now > self._clock[0] and seen > self._clock[1]:
-            self.scalar("train/images_per_s", (seen - self._clock[1]) / (now - self._clock[0]), step)
-        self._clock = (now, seen)
+        now = time.perf_counter()
+        if self._clock is not None and now > self._clock[0] and self._images > self._clock[1]:
+            self.scalar("train/images_per_s", (self._images - self._clock[1]) / (now - self._clock[0]), step)
+        self._clock = (now, self._images)
         for name in history.layers:
             s = history.stats[name][-1]
-            if s.step != step:
+            if s.step != index:
                 continue
             act_std = math.sqrt(max(0.0, s.act_rms ** 2 - s.act_mean ** 2)) if math.isfinite(s.act_rms) else s.act_rms
             for key, value in (("act_mean", s.act_mean), ("act_std", act_std), ("signal", s.signal),

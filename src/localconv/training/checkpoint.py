@@ -16,8 +16,10 @@ older checkpoints are deleted only after the new ``run.json`` is in place.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from ..models.registry import build_model_from_spec
 
 RUN_FORMAT = "localconv-run/1"
 RUN_FILE = "run.json"
+CHECKPOINT_FILE = re.compile(r"(model|ema)-\d{9}\.safetensors|optim-\d{9}\.pt")  # names save_checkpoint uses
+# atomic_write's temp files, and those of the atomic save of recent safetensors (Rust tempfile: ".tmp" + 6 chars)
+TEMP_FILE = re.compile(r"\..+\.tmp|\.tmp[A-Za-z0-9]{6}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -82,6 +87,14 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
+def _torch_save(obj: Any, path: str) -> None:
+    # Serialized in memory first: torch's zip writer turns a full disk into an obscure RuntimeError,
+    # a plain write raises OSError(ENOSPC).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    Path(path).write_bytes(buffer.getvalue())
+
+
 def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor],
                     ema_state: dict[str, torch.Tensor] | None, optim_state: dict[str, Any]) -> None:
     """Write one complete checkpoint and commit it by replacing run.json (see module doc)."""
@@ -90,22 +103,28 @@ def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, 
     files = {"model": f"model-{step:09d}.safetensors", "optimizer": f"optim-{step:09d}.pt"}
     if ema_state is not None:
         files["ema"] = f"ema-{step:09d}.safetensors"
+    new_files = [run_dir / name for name in files.values() if not (run_dir / name).exists()]
     try:
         atomic_write(run_dir / files["model"], lambda t: save_file(_contiguous(model_state), t))
         if ema_state is not None:
             atomic_write(run_dir / files["ema"], lambda t: save_file(_contiguous(ema_state), t))
-        atomic_write(run_dir / files["optimizer"], lambda t: torch.save(optim_state, t))
+        atomic_write(run_dir / files["optimizer"], lambda t: _torch_save(optim_state, t))
         meta = dict(meta, format=RUN_FORMAT, files=files,
                     sha256={k: sha256_file(run_dir / v) for k, v in files.items()})
-        old = read_meta(run_dir, missing_ok=True)
         atomic_write_text(run_dir / RUN_FILE, json.dumps(meta, indent=1, sort_keys=True))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint in {run_dir}: {exc.strerror or exc}; "
-                              "the previous checkpoint is intact") from None
+    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write as SafetensorError
+        for path in new_files:  # this checkpoint's files that were complete before the failure: uncommitted
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        kept = "the previous checkpoint is intact" if (run_dir / RUN_FILE).exists() else "no checkpoint was written"
+        raise CheckpointError(f"cannot write checkpoint in {run_dir}: {getattr(exc, 'strerror', None) or exc}; "
+                              f"{kept}") from None
     keep = set(files.values())
-    stale = set((old or {}).get("files", {}).values()) - keep
-    for p in run_dir.iterdir():  # older checkpoints and temp files of interrupted writes
-        if p.name in stale or (p.name.startswith(".") and p.name.endswith(".tmp")):
+    # Older checkpoints, also those whose deletion a kill interrupted, and temp files of interrupted writes.
+    for p in run_dir.iterdir():
+        if p.name not in keep and (CHECKPOINT_FILE.fullmatch(p.name) or TEMP_FILE.fullmatch(p.name)):
             try:
                 p.unlink()
             except OSError:
@@ -235,4 +254,20 @@ def load_run(path: str | os.PathLike, which: str = "ema", device: str = "cpu") -
     except LocalconvError as exc:
         raise CheckpointError(f"{run_dir / RUN_FILE}: cannot rebuild model: {exc}") from None
     load_weights_into(model, load_state(run_dir, meta, key), str(run_dir / meta["files"][key]))
+    if "temperature" in meta:  # fitted by `localconv eval --calibrate`
+        t = meta["temperature"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise CheckpointError(f"{run_dir / RUN_FILE}: field 'temperature' must be a number > 0, got {t!r}")
+        model.temperature.fill_(float(t))
     return model.to(device).eval(), meta
+
+
+def update_meta(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Set ``fields`` in a run's run.json (atomically; the checkpoint files are untouched)."""
+    meta = read_meta(Path(run_dir))
+    meta.update(fields)
+    try:
+        atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(meta, indent=1, sort_keys=True))
+    except OSError as exc:
+        raise CheckpointError(f"cannot update {Path(run_dir) / RUN_FILE}: {exc.strerror or exc}") from None
+    return meta

@@ -225,8 +225,11 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:  # disk full, folder removed: the last checkpoint is still intact
+            raise CheckpointError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Exercise 1: the loss consumes logits; softmax happens only in predict_proba.
@@ -281,7 +284,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CheckpointError(f"cannot create the run folder {self.run_dir}: {exc.strerror or exc}") from None
             trim_log(self.run_dir / "metrics.jsonl", self.state.step)  # records after the checkpoint resumed from
         self.model.train()
         for cb in self.callbacks:

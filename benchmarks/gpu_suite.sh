@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# All GPU checks and measurements of localconv in one script (< 8 minutes on one H100); JSON results.
+#
+#   bash benchmarks/gpu_suite.sh [--smoke] [--out DIR] [--data DIR] [--only STAGE[,STAGE]]
+#
+# Stages (each under its own time limit; a stage that fails or times out does not stop the others):
+#   env        torch/triton/GPU versions
+#   local      LocallyConnected2d: Triton vs portable vs naive reference parity, GPU timings (gpu_local_layer.py)
+#   tf         tf-tutorial, fast recipe, full JPEG training set, 30 epochs, seeds 0,1,2: test accuracy, time, img/s
+#   cc         cc-11pct, fast recipe, 40 epochs, seeds 0,1,2: test accuracy single / flip / 10-view
+#   cc-orig    cc-11pct, the original recipe (per-layer epsW/momW/wc, batch 128), schedule shortened to 12 epochs
+#   speed      train_speed.py: localconv training loop vs a plain PyTorch baseline, images/s
+# Data: --data DIR (default data-local/cifar10-jpeg, copied from ../shared/datasets/cifar10-jpeg), the JPEG copy
+# of CIFAR-10: quote its accuracies as such (about 3-4 points below lossless CIFAR-10).
+# --smoke runs every stage on the CPU with tiny settings (CI checks that the script works).
+set -u
+cd "$(dirname "$0")/.."
+SMOKE=0
+OUT_DIR="${OUT:-benchmarks/results}"
+DATA="data-local/cifar10-jpeg"
+ONLY="env,local,tf,cc,cc-orig,speed"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --out) OUT_DIR="$2"; shift ;;
+    --data) DATA="$2"; shift ;;
+    --only) ONLY="$2"; shift ;;
+    *) echo "usage: $0 [--smoke] [--out DIR] [--data DIR] [--only STAGES]" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ -d "$DATA" ] || DATA="../shared/datasets/cifar10-jpeg"
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+: > "$OUT_DIR/stages.jsonl"
+
+stage() {  # stage NAME LIMIT_S COMMAND...
+  local name="$1" limit="$2"; shift 2
+  case ",$ONLY," in *",$name,"*) ;; *) return 0 ;; esac
+  echo "== $name (limit ${limit}s): $*"
+  local t0 t1 rc
+  t0=$(date +%s.%N)
+  timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+  rc=$?
+  t1=$(date +%s.%N)
+  tail -n 8 "$OUT_DIR/$name.log"
+  printf '{"stage": "%s", "rc": %d, "seconds": %.1f}\n' "$name" "$rc" "$(awk "BEGIN{print $t1 - $t0}")" >> "$OUT_DIR/stages.jsonl"
+}
+
+if [ "$SMOKE" = 1 ]; then
+  DEV=cpu
+  TTA_ARGS=(--smoke --device cpu)
+  SPEED_ARGS=(--device cpu --quick --rounds 1 --models tf-tutorial)
+  LOCAL_CMD=("$PY" benchmarks/local_layer.py --device cpu --quick --json "$OUT_DIR/local_layer.json")
+else
+  DEV=cuda
+  TTA_ARGS=(--device cuda)
+  SPEED_ARGS=(--device cuda --quick)
+  LOCAL_CMD=("$PY" benchmarks/gpu_local_layer.py --out "$OUT_DIR/local_layer.json")
+fi
+
+stage env 60 "$PY" -c "
+import json, platform, torch
+info = {'torch': torch.__version__, 'python': platform.python_version(), 'cuda': torch.cuda.is_available()}
+if torch.cuda.is_available():
+    info.update(gpu=torch.cuda.get_device_name(), cuda_version=torch.version.cuda)
+try:
+    import triton; info['triton'] = triton.__version__
+except ImportError:
+    info['triton'] = None
+print(json.dumps(info)); open('$OUT_DIR/env.json', 'w').write(json.dumps(info))
+"
+stage local 120 "${LOCAL_CMD[@]}"
+stage tf 150 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes fast --seeds 0,1,2 \
+  "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_fast.json"
+stage cc 180 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes fast --seeds 0,1,2 \
+  "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_fast.json"
+stage cc-orig 120 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes original --seeds 0 \
+  --epochs original:cc-11pct=12 "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_original.json"
+stage speed 120 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
+
+"$PY" - "$OUT_DIR" <<'PYEOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+merged = {"stages": [json.loads(l) for l in (out / "stages.jsonl").read_text().splitlines() if l.strip()]}
+for f in sorted(out.glob("*.json")):
+    if f.name != "gpu_suite.json":
+        try:
+            merged[f.stem] = json.loads(f.read_text())
+        except ValueError:
+            merged[f.stem] = {"error": "unreadable"}
+(out / "gpu_suite.json").write_text(json.dumps(merged, indent=1))
+print("results:", out / "gpu_suite.json")
+failed = [s["stage"] for s in merged["stages"] if s["rc"] != 0]
+print("failed stages:", failed or "none")
+sys.exit(1 if failed else 0)
+PYEOF

@@ -1,0 +1,29 @@
+"""``localconv compare``: several runs in one table, with PNG plots and a Markdown or HTML report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare runs: one table, PNG plots and a Markdown/HTML report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders written by `localconv train`")
+    p.add_argument("--out", type=Path, default=Path("compare"), help="folder for the report and its plots")
+    p.add_argument("--format", choices=("md", "html"), default="md", help="report format")
+    p.add_argument("--title", default="localconv runs", help="report title")
+    p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..reports.compare import compare_rows, format_table, load_runs, write_report
+
+    runs = load_runs(args.runs)
+    rows = compare_rows(runs)
+    report = write_report(runs, rows, args.out, args.format, args.title)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    print(f"report: {report} (plots in {report.parent})", file=sys.stderr)
+    return 0
