@@ -34,13 +34,16 @@ STEPS_PER_EPOCH = 4  # 96 images / batch 24
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
-# Slows every fsync by 50 ms, so that a checkpoint write lasts long enough to be killed in the middle
-# (files written, not yet renamed; or weights renamed, run.json not yet committed). Only timing changes.
+# Slows the fsync of two temp files of every checkpoint by 0.25 s: the weights (.model-*.tmp) and the
+# replacement of run.json (.run.json.*.tmp), so that a kill lands while a checkpoint is half written
+# (files written, not yet renamed) or at its commit point, even on a loaded machine. Only timing changes.
 SLOW_DISK = """
 import os, sys, time
 _fsync = os.fsync
 def _slow_fsync(fd):
-    time.sleep(0.05)
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if name.endswith(".tmp") and name.startswith((".model-", ".run.json.")):
+        time.sleep(0.25)
     _fsync(fd)
 os.fsync = _slow_fsync
 from localconv.cli.main import main
@@ -287,7 +290,8 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(dataset, small_tmpfs
     assert "cannot write checkpoint" in line and "No space left on device" in line
     meta = assert_intact(run)
     assert meta["step"] == STEPS_PER_EPOCH and not meta["complete"]
-    assert not temp_files(run)
+    # the files of the failed checkpoint that were complete (model-*) are gone too
+    assert sorted(os.listdir(run)) == sorted(["run.json", "metrics.jsonl", *meta["files"].values()])
 
 
 # ----------------------------------------------------------------------------- non-finite loss

@@ -63,8 +63,8 @@ def test_triton_without_bias() -> None:
 @kernels
 @pytest.mark.parametrize("stride,padding,size", SHARED_FILTER_CASES)
 def test_triton_shared_filter_equals_conv2d(stride, padding, size) -> None:  # noqa: ANN001
-    torch.backends.cudnn.allow_tf32 = False  # compare with strict fp32 convolution
-    check_shared_filter_equals_conv2d(stride, padding, size, "triton", DEVICE, torch.float32, tol=1e-4)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # strict fp32 convolution
+        check_shared_filter_equals_conv2d(stride, padding, size, "triton", DEVICE, torch.float32, tol=1e-4)
 
 
 @kernels

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from ..errors import DataError
 
-_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# TypeError: tarfile's stream reader fails with ord('') on a gzip header cut short (b'\x1f\x8b\x08').
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, TypeError)
 
 
 def member_parts(archive: Path, name: str) -> tuple[str, ...]:

@@ -79,7 +79,7 @@ def safe_load(file: BinaryIO | bytes, name: str) -> Any:
         raise DataError(f"{name}: truncated pickle (file ends early)") from None
     except pickle.UnpicklingError as exc:
         raise DataError(f"{name}: truncated or corrupt pickle ({exc})") from None
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError,
-            UnicodeError, RecursionError) as exc:
+    except (ValueError, TypeError, AttributeError, LookupError, MemoryError, OverflowError, UnicodeError,
+            RecursionError) as exc:  # LookupError: also KeyError, IndexError, an unknown codec name
         raise DataError(f"{name}: corrupt pickle ({type(exc).__name__}: {exc})") from None
     return obj

@@ -42,10 +42,10 @@ INIT_GAIN_HIGH = 10.0
 CONSTANT_OUTPUT = 0.03
 DEAD_UNITS = 0.5     # warn when half of a layer's rectifier units never fire on a batch
 DEAD_LAYER = 0.95    # and call the layer dead beyond this
-UPDATE_TOO_LARGE = 1.0   # an optimizer step that changes the weights by more than their own size
+UPDATE_TOO_LARGE = 1.0   # a step that changes the weights by more than their size (or their fan-in scale)
 UPDATE_TOO_SMALL = 1e-6  # a layer whose weights do not move
 SATURATED_FRACTION = 0.5  # a softmax saturated on this share of the images, confidently wrong, is broken
-MIN_LOSS_STEPS = 20      # steps needed before judging the loss trend
+MIN_LOSS_STEPS = 50      # steps needed before judging the loss trend (batch losses are noisy)
 LOSS_TOLERANCE = 0.01    # a loss "decreases" when its last fifth is below its first fifth by this
 LOSS_AT_CHANCE = 0.02    # ... and sits "at chance" within this of ln(classes)
 
@@ -307,7 +307,12 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
             continue
         ratios = [(s.step, s.update_ratio) for s in h.stats.get(name, [])
                   if s.update_ratio is not None and math.isfinite(s.update_ratio)]
-        big = [(step, r) for step, r in ratios if r > UPDATE_TOO_LARGE]
+        # measured against at least the fan-in scale 1/sqrt(fan_in): a small init (a classifier's, say)
+        # grows quickly in its first steps without anything being wrong
+        scale = 1 / math.sqrt(h.fan_in[name]) if h.fan_in.get(name) else 0.0
+        big = [(s.step, s.update_ratio * s.weight_rms / max(s.weight_rms, scale))
+               for s in h.stats.get(name, []) if s.update_ratio is not None and math.isfinite(s.update_ratio)]
+        big = [(step, r) for step, r in big if r > UPDATE_TOO_LARGE]
         if big:
             too_large.append((name, big[0][0], max(r for _, r in big)))
         later = [r for _, r in ratios[1:]]
@@ -406,9 +411,9 @@ def explain(findings: list[Finding], history: MonitorHistory) -> list[Finding]:
             root.message += f" Then {', '.join(labels)}."
             kept = [f for f in kept if f not in aftermath]
     dead = [f for f in kept if f.kind == "dead_layer"]
-    if dead:
-        kept = [f for f in kept if not (f.kind == "constant_outputs" and f.step is not None
-                                        and f.step >= min(d.step or 0 for d in dead))]
+    if dead:  # a dead layer passes nothing either way: constant outputs above it, no learning anywhere
+        kept = [f for f in kept if not (f.kind == "not_learning" or (
+            f.kind == "constant_outputs" and f.step is not None and f.step >= min(d.step or 0 for d in dead)))]
     starving = [order[f.layer] for f in kept if f.kind in STARVING and f.layer in order]
     if starving:
         top = max(starving)

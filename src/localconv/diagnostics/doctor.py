@@ -8,7 +8,9 @@ by the findings, or serializes to JSON.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +184,8 @@ def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.nda
     with tempfile.TemporaryDirectory(prefix="localconv-doctor-") as tmp:
         trainer = Trainer(model, splits, run_dir or tmp, train_options, classes=classes, callbacks=[monitor])
         try:
-            state = trainer.fit()
+            with contextlib.redirect_stdout(sys.stderr):  # the engine's epoch lines; stdout is the report's
+                state = trainer.fit()
             accuracy = state.last_accuracy
         except NonFiniteLoss as exc:
             stopped = str(exc)

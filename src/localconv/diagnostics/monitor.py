@@ -213,7 +213,6 @@ class LayerHooks:
         self.order: list[str] = []        # forward order, learned from the first forward
         self.probes: dict[str, _Probe] = {}
         self.detail = False
-        self.enabled = True
         self.logits: torch.Tensor | None = None
         self._current: str | None = None  # the weight layer whose nonlinearity is still to come
         self._handles: list[Any] = []
@@ -232,7 +231,7 @@ class LayerHooks:
         self._handles.clear()
 
     def _active(self, module: nn.Module) -> bool:
-        return self.enabled and module.training and torch.is_grad_enabled()
+        return module.training and torch.is_grad_enabled()
 
     def _model_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._active(module):
@@ -253,10 +252,10 @@ class LayerHooks:
             probe = self.probes.setdefault(name, _Probe())
             self._current = name
             if self.detail:
-                probe.inputs = [a for a in args if isinstance(a, torch.Tensor)]
-                for a in probe.inputs[:1]:
-                    if a.requires_grad:
-                        a.register_hook(self._grad_setter(probe, "grad_in"))
+                inputs = [a for a in args if isinstance(a, torch.Tensor)]
+                probe.inputs = [a.detach() for a in inputs]
+                if inputs and inputs[0].requires_grad:
+                    inputs[0].register_hook(self._grad_setter(probe, "grad_in"))
 
         return hook
 
@@ -265,9 +264,10 @@ class LayerHooks:
             if not self._active(module) or not isinstance(output, torch.Tensor):
                 return
             probe = self.probes.setdefault(name, _Probe())
-            probe.output = output
             probe.finite = _checksum(output)
-            if probe.act is None and self.detail and output.requires_grad:
+            if self.detail:
+                probe.output = output.detach()
+            if probe.act_module is None and self.detail and output.requires_grad:
                 # no nonlinearity inside: until one runs, the output is the activation
                 output.register_hook(self._grad_setter(probe, "grad_out", only_if_no_act=True))
 
@@ -278,7 +278,9 @@ class LayerHooks:
             return
         probe = self.probes.setdefault(self._current, _Probe())
         self._current = None  # one nonlinearity per layer
-        probe.act, probe.act_module = output, module
+        probe.act_module = module
+        if self.detail:
+            probe.act = output.detach()
         probe.finite = _checksum(output) + (probe.finite if probe.finite is not None else 0.0)
         if self.detail and output.requires_grad:
             output.register_hook(self._grad_setter(probe, "grad_out"))
@@ -286,17 +288,11 @@ class LayerHooks:
     @staticmethod
     def _grad_setter(probe: _Probe, attr: str, only_if_no_act: bool = False):  # noqa: ANN205
         def hook(grad: torch.Tensor) -> None:
-            if only_if_no_act and probe.act is not None:
+            if only_if_no_act and probe.act_module is not None:
                 return
             setattr(probe, attr, grad.detach())
 
         return hook
-
-    def activation(self, name: str) -> torch.Tensor | None:
-        probe = self.probes.get(name)
-        if probe is None:
-            return None
-        return probe.act if probe.act is not None else probe.output
 
     def forward_order(self) -> list[str]:
         """Weight layers in the order the last forward ran them (registration order before any)."""
@@ -461,6 +457,8 @@ class LayerMonitor(Callback):
                             "max_prob": probs.mean(), "saturated_frac": (probs > SATURATED_PROB).float().mean()}
         else:
             self._output = None
+        for probe in hooks.probes.values():  # summarised: let the activations go
+            probe.inputs, probe.output, probe.act, probe.grad_out, probe.grad_in = [], None, None, None, None
 
     def observe_step(self) -> None:
         """Call after ``optimizer.step()`` (or after a skipped step); moves on to the next step."""

@@ -27,7 +27,7 @@ from types import ModuleType
 import torch
 
 from . import local_portable
-from .utils import _padding4, _pair, conv_output_size
+from .utils import _padding4, _pair, conv_output_size, output_memory_format
 
 __all__ = ["local_conv2d", "select_backend", "BACKENDS", "BACKEND_ENV", "_pair"]
 
@@ -128,11 +128,6 @@ def _autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return cast(x), cast(weight), cast(bias)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 class _LocalConv2dFunction(torch.autograd.Function):
     """Shared autograd for both backends; saves the input (or, portable with keep_cols, the columns)."""
 
@@ -141,7 +136,7 @@ class _LocalConv2dFunction(torch.autograd.Function):
                 stride: tuple[int, int], pads: tuple[int, int, int, int], backend: str,
                 keep_cols: bool) -> torch.Tensor:
         geo = local_portable.geometry(x.shape, weight.shape, stride, pads)
-        ctx.geo, ctx.memory_format = geo, _memory_format(x)
+        ctx.geo, ctx.memory_format = geo, output_memory_format(x)
         ctx.backend, ctx.keep_cols, ctx.has_bias = backend, keep_cols, bias is not None
         if backend == "triton":
             y = _load_triton().forward(x, weight, bias, stride, (pads[0], pads[2]))

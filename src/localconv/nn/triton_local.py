@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import output_memory_format
+
 _INT32_LIMIT = 2**31 - 1
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -192,6 +194,17 @@ def default_configs(n: int, c: int, o: int, k: int, dtype: torch.dtype) -> dict[
     }
 
 
+def _max_offset(t: torch.Tensor) -> int:
+    """Largest element offset a kernel computes for t (its span in storage, for any strides)."""
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
+def _narrow_offsets(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or a contiguous copy when its strides reach past 32-bit offsets (e.g. a gradient
+    that is a strided view into a large buffer)."""
+    return t if _max_offset(t) <= _INT32_LIMIT else t.contiguous()
+
+
 def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        allow_cpu: bool = False) -> str | None:
     """Why these tensors cannot go through the Triton kernels, or None if they can."""
@@ -203,16 +216,11 @@ def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if x.dtype not in SUPPORTED_DTYPES:
         return f"dtype {x.dtype} (supported: float32, float16, bfloat16)"
     out_numel = x.shape[0] * weight.shape[0] * weight.shape[1] * weight.shape[2]
-    if max(x.numel(), weight.numel(), out_numel) > _INT32_LIMIT:
-        return "a tensor has 2**31 elements or more (the kernels use 32-bit offsets)"
+    if max(_max_offset(x), weight.numel(), out_numel) > _INT32_LIMIT:
+        return "a tensor spans 2**31 elements or more (the kernels use 32-bit offsets)"
     if x.numel() == 0 or out_numel == 0:
         return "empty tensor"
     return None
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -222,7 +230,7 @@ def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     oh, ow, o, _, kh, kw = weight.shape
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    y = torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=_out_format(x))
+    y = torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=output_memory_format(x))
     cfg = dict(config or default_configs(n, c, o, c * kh * kw, x.dtype)["forward"])
     num_warps = cfg.pop("num_warps", 4)
     grid = (oh * ow, triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(o, cfg["BLOCK_O"]))
@@ -243,7 +251,7 @@ def launch_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape:
                       config: dict[str, int] | None = None) -> torch.Tensor:
     n, c, h, w = input_shape
     oh, ow, o, _, kh, kw = weight.shape
-    weight = weight.contiguous()
+    weight, grad_out = weight.contiguous(), _narrow_offsets(grad_out)
     gx = torch.empty((n, c, h, w), device=grad_out.device, dtype=grad_out.dtype, memory_format=memory_format)
     cfg = dict(config or default_configs(n, c, o, c * kh * kw, grad_out.dtype)["grad_input"])
     num_warps = cfg.pop("num_warps", 4)
@@ -264,6 +272,7 @@ def launch_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: li
     n, c, h, w = x.shape
     oh, ow, o, _, kh, kw = weight_shape
     k = c * kh * kw
+    grad_out = _narrow_offsets(grad_out)
     gw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
     cfg = dict(config or default_configs(n, c, o, k, x.dtype)["grad_weight"])
     num_warps = cfg.pop("num_warps", 4)
@@ -292,7 +301,7 @@ def forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def _(x, weight, bias, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
     n = x.shape[0]
     oh, ow, o = weight.shape[:3]
-    return torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=_out_format(x))
+    return torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=output_memory_format(x))
 
 
 @torch.library.custom_op("localconv::local_conv2d_grad_input", mutates_args=())

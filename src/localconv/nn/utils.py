@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(3, 2) -> (3, 2)``. Rejects anything that is not one int or two."""
@@ -31,3 +33,10 @@ def _padding4(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
 def conv_output_size(in_size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
     """Windows along one side: ``floor((in + pad_before + pad_after - k) / stride) + 1``."""
     return (in_size + pad_before + pad_after - kernel) // stride + 1
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is (and is not also plain contiguous, e.g. C == 1), else contiguous:
+    the layout F.conv2d gives its output."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -149,10 +149,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def curves(runs: list[RunRecord], x: str) -> list[Curve]:
-    """Loss (step records when logged, else epoch means) and accuracy per run against epoch or wall time."""
+    """Loss (step records or epoch means, whichever has more points) and accuracy per run against epoch
+    or wall time."""
     out = []
     for run in runs:
-        loss_src = run.steps if run.steps else run.epochs
+        loss_src = run.steps if len(run.steps) > len(run.epochs) else run.epochs
         loss_epochs = np.array([float(r["epoch"]) for r in loss_src if "loss" in r])
         loss = [float(r["loss"]) for r in loss_src if "loss" in r]
         acc_records = [r for r in run.epochs if r.get("accuracy") is not None]

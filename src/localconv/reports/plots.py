@@ -60,7 +60,7 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "epoch"
         if c.acc:
             ax_acc.plot(c.acc_x, c.acc, color=color, label=c.label, marker="o", markersize=3, linewidth=1.5)
     ax_loss.set_xlabel(xlabel)
-    ax_loss.set_ylabel("training loss")
+    ax_loss.set_ylabel("training loss (with weight-decay terms)")
     ax_acc.set_xlabel(xlabel)
     ax_acc.set_ylabel("accuracy")
     for ax in (ax_loss, ax_acc):
