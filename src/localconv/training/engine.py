@@ -251,7 +251,7 @@ class Trainer:
             cb.after_backward(self, loss)
         if ddp.any_true(not torch.isfinite(loss).item(), self.dist, self.device):
             if not self.options.skip_nonfinite:
-                raise NonFiniteLoss(f"loss became {loss.item()} at step {self.state.step}")
+                raise NonFiniteLoss(self._nonfinite_message(loss, x))
             self.state.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -263,6 +263,24 @@ class Trainer:
         for cb in self.callbacks:
             cb.after_step(self, loss)
         return loss.detach()
+
+    def _nonfinite_message(self, loss: torch.Tensor, x: torch.Tensor) -> str:
+        from ..diagnostics.monitor import first_nonfinite_layer
+
+        try:  # replay the batch with hooks: the weights are still those of the last good step
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                layer = first_nonfinite_layer(self.model, x)
+        except Exception:  # diagnosis must never hide the original problem
+            layer = None
+        where = f", first non-finite in layer {layer}" if layer else ""
+        try:
+            meta = read_meta(self.run_dir, missing_ok=True)
+        except LocalconvError:
+            meta = None
+        kept = (f"the last good checkpoint (step {meta['step']}) is kept" if meta
+                else "no checkpoint had been written yet")
+        return (f"loss became {loss.item()} at step {self.state.step}{where}; {kept}; "
+                "lower the learning rate, or use --skip-nonfinite to skip such batches")
 
     def evaluate_now(self) -> float:
         images, labels = self.splits.eval_set()
@@ -317,8 +335,9 @@ class Trainer:
                     if self.device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     loss = self.train_step(x, labels[b.order])
-                    loss_sum += loss
-                    n_loss += 1
+                    if torch.isfinite(loss):  # skipped (non-finite) batches stay out of the mean
+                        loss_sum += loss
+                        n_loss += 1
                     if s.step % 10 == 0 or s.step == self.total_steps:
                         rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
                         bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
