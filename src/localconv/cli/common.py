@@ -10,24 +10,22 @@ from ..errors import LocalconvError
 from ..models.base import Classifier
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(minimum: int, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(1, text)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _int_at_least(0, text)
 
 
 def positive_float(text: str) -> float:
@@ -90,7 +88,3 @@ def load_data(data: str | None, cache_dir: Path | None, progress: bool = True): 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "no_progress", False) and sys.stderr.isatty() or getattr(args, "progress", False)

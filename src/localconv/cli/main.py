@@ -7,7 +7,7 @@ import sys
 
 from ..errors import LocalconvError
 
-# Subcommand modules (localconv.cli.<name>); each defines add_parser(subparsers) and run(args) -> int.
+# Subcommand modules (localconv.cli.<name>_cmd); each defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = [
     "models",
     "train",
