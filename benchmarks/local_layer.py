@@ -166,8 +166,9 @@ def _sync(device: str) -> None:
 
 
 def time_steps(steps: dict[str, Callable[[], None]], device: str, rounds: int = 7,
-               block_seconds: float = 0.1) -> dict[str, float]:
-    """Median seconds per call of each step, measured round-robin.
+               block_seconds: float = 0.1, statistic: Callable[[list[float]], float] = statistics.median
+               ) -> dict[str, float]:
+    """Seconds per call of each step (median over rounds, or ``statistic``), measured round-robin.
 
     Each round times one block of calls of every method in turn, so that load from other
     processes (a shared machine) hits all methods alike instead of whichever ran during a burst.
@@ -189,7 +190,7 @@ def time_steps(steps: dict[str, Callable[[], None]], device: str, rounds: int = 
                 step()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / per_block[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistic(values) for name, values in samples.items()}
 
 
 def peak_memory_cuda(step: Callable[[], None]) -> int:
@@ -266,7 +267,7 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
             shape_records[method] = {
                 "shape": shape.name, **asdict(shape), "method": method, "device": device,
                 "dtype": str(autocast_dtype or dtype).replace("torch.", ""), "seconds": None,
-                "peak_bytes": None, "skipped": None}
+                "seconds_min": None, "peak_bytes": None, "skipped": None}
             if method == "snippet" and shape.snippet_bytes() > snippet_max_bytes:
                 shape_records[method]["skipped"] = (
                     f"broadcast product would be {shape.snippet_bytes() / 1e9:.1f} GB "
@@ -281,8 +282,9 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
                 record["peak_bytes"] = peak_memory_cpu(method, shape, threads)
         steps = {m: build_step(m, shape, device, dtype, autocast_dtype)
                  for m, r in shape_records.items() if not r["skipped"]}
-        for method, seconds in time_steps(steps, device, rounds, block_seconds).items():
-            shape_records[method]["seconds"] = seconds
+        for method, values in time_steps(steps, device, rounds, block_seconds, statistic=list).items():
+            shape_records[method]["seconds"] = statistics.median(values)
+            shape_records[method]["seconds_min"] = min(values)
         del steps
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -295,26 +297,27 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
 def _format_record(r: dict) -> str:
     if r["skipped"]:
         return f"  {r['shape']:<18} {r['method']:<24} skipped: {r['skipped']}"
-    return (f"  {r['shape']:<18} {r['method']:<24} {r['seconds'] * 1e3:9.2f} ms "
+    return (f"  {r['shape']:<18} {r['method']:<24} {r['seconds'] * 1e3:9.2f} ms (min {r['seconds_min'] * 1e3:.2f}) "
             f"{r['peak_bytes'] / 2**20:9.1f} MiB")
 
 
-def ratio_rows(records: list[dict], local_method: str) -> list[dict]:
-    """Per shape: localconv vs each baseline (time and peak-memory ratios)."""
+def ratio_rows(records: list[dict], local_method: str, time_key: str = "seconds") -> list[dict]:
+    """Per shape: localconv vs each baseline (time and peak-memory ratios); ``time_key`` is
+    'seconds' (median over rounds) or 'seconds_min' (least disturbed round)."""
     by_key = {(r["shape"], r["method"]): r for r in records}
     rows = []
     for shape in dict.fromkeys(r["shape"] for r in records):
         local = by_key.get((shape, local_method))
         if local is None or local["seconds"] is None:
             continue
-        row = {"shape": shape, "method": local_method, "ms": local["seconds"] * 1e3,
+        row = {"shape": shape, "method": local_method, "time": time_key, "ms": local[time_key] * 1e3,
                "MiB": local["peak_bytes"] / 2**20}
         for base in BASELINES:
             other = by_key.get((shape, base))
             if other is None or other["seconds"] is None:
                 row[base] = None
                 continue
-            row[base] = {"time_local_over_base": local["seconds"] / other["seconds"],
+            row[base] = {"time_local_over_base": local[time_key] / other[time_key],
                          "mem_local_over_base": (local["peak_bytes"] / other["peak_bytes"]
                                                  if other["peak_bytes"] else None)}
         rows.append(row)
@@ -348,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--only", metavar="TEXT", help="only shapes whose name contains TEXT")
     parser.add_argument("--methods", metavar="A,B", help="comma list (default: all)")
+    parser.add_argument("--statistic", choices=("median", "min"), default="median",
+                        help="time statistic of the ratio table (min: least disturbed round, for loaded machines)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")
+    parser.add_argument("--block-seconds", type=float, default=0.1, help="length of one timed block of calls")
     parser.add_argument("--snippet-max-gb", type=float, default=None,
                         help="skip the snippet when its broadcast product exceeds this (default 3 CPU, 30 CUDA)")
     parser.add_argument("--memory-child", nargs=2, metavar=("METHOD", "SHAPE_JSON"), help=argparse.SUPPRESS)
@@ -365,10 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 7)
     snippet_gb = args.snippet_max_gb if args.snippet_max_gb is not None else (30 if args.device == "cuda" else 3)
     print(f"device={args.device} threads={args.threads} torch={torch.__version__}")
-    records = run_benchmarks(shapes, methods, args.device, args.threads, rounds, snippet_gb * 1e9)
+    records = run_benchmarks(shapes, methods, args.device, args.threads, rounds, snippet_gb * 1e9,
+                             args.block_seconds)
     local = default_local_method(args.device)
-    rows = ratio_rows(records, local)
-    print(f"\nlocalconv = {local} (what backend='auto' uses on {args.device}); fwd+bwd, fp32")
+    rows = ratio_rows(records, local, "seconds_min" if args.statistic == "min" else "seconds")
+    print(f"\nlocalconv = {local} (what backend='auto' uses on {args.device}); fwd+bwd, fp32, "
+          f"{args.statistic} time over rounds")
     print(format_ratio_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -76,7 +76,7 @@ def data_tree(tmp_path_factory):
 def train(data, root, name, *extra):
     run = root / name
     assert main(["train", "--model", "tf-tutorial-conv", "--data", str(data), "--cache-dir", str(root / "cache"),
-                 "--out", str(run), "--epochs", "2", "--batch-size", "25", "--device", "cpu", "--no-progress",
+                 "--out", str(run), "--epochs", "1", "--batch-size", "25", "--device", "cpu", "--no-progress",
                  *extra]) == 0
     return run
 
@@ -101,9 +101,11 @@ def test_eval_calibrate_stores_a_temperature_used_by_predict(data_tree, tmp_path
     with torch.no_grad():
         expected = torch.softmax(model(x) / t, dim=1)
     assert torch.allclose(model.predict_proba(x), expected, atol=1e-6)
-    # a later eval reports the calibrated ECE with its temperature
-    assert main(["eval", str(run)]) == 0
+    # a later eval reports the calibrated ECE with its temperature (and draws a confusion matrix)
+    assert main(["eval", str(run), "--confusion", str(tmp_path / "cm.png")]) == 0
     assert f"temperature {t:.3f}" in capsys.readouterr().out
+    with Image.open(tmp_path / "cm.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 400
 
 
 def test_calibrate_needs_a_validation_split(data_tree, capsys):

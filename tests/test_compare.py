@@ -18,10 +18,10 @@ def runs(tmp_path_factory):
     data = write_image_tree(root / "data", Arrays(tx, ty, sx, sy, CLASSES))
     common = ["--data", str(data), "--cache-dir", str(root / "cache"), "--device", "cpu", "--no-progress",
               "--batch-size", "32", "--val-split", "32"]
-    specs = [("conv-a", ["--model", "tf-tutorial-conv", "--epochs", "3"]),
+    specs = [("conv-a", ["--model", "tf-tutorial-conv", "--epochs", "2"]),
              ("conv-b", ["--model", "tf-tutorial-conv", "--epochs", "2", "--seed", "1", "--watch",
                          "--tensorboard", "--tb-every", "2"]),
-             ("fc", ["--model", "tf-tutorial", "--epochs", "2"])]
+             ("fc", ["--model", "tf-tutorial", "--epochs", "1"])]
     for name, extra in specs:
         assert main(["train", "--out", str(root / name), *extra, *common]) == 0
     return [root / name for name, _ in specs], root
@@ -38,7 +38,7 @@ def test_table_has_one_row_per_run_with_model_facts(runs, tmp_path, capsys):
         assert sum(line.startswith(name + " ") for line in lines) == 1
     assert "174,250" in out and "1,068,298" in out  # REFERENCE parameter counts
     rows = {r["run"]: r for r in compare_rows(load_runs(paths))}
-    assert rows["conv-a"]["epochs"] == 3 and rows["fc"]["epochs"] == 2
+    assert rows["conv-a"]["epochs"] == 2 and rows["fc"]["epochs"] == 1
     assert rows["fc"]["bytes_fp32_with_ema"] == 2 * rows["fc"]["bytes_fp32"]
     assert rows["fc"]["multiply_adds"] > 1e7 and rows["conv-a"]["multiply_adds"] > 1e7
     for r in rows.values():

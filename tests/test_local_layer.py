@@ -163,6 +163,14 @@ def test_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda x, w, b: local_conv2d(x, w, b, stride, padding), (x, weight, b))
 
 
+def test_double_backward_raises() -> None:
+    layer = LocallyConnected2d(2, 3, 4, 3, padding=1)
+    x = torch.randn(2, 2, 4, 4, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_x.sum().backward()
+
+
 def test_saves_only_input_and_weight() -> None:
     layer = LocallyConnected2d(4, 3, 6, 3, padding=1)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)

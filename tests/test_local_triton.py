@@ -31,6 +31,7 @@ kernels = pytest.mark.skipif(not HAS_TRITON or not (INTERPRETED or ON_CUDA),
                              reason="needs triton and CUDA, or TRITON_INTERPRET=1 (see the driver test)")
 
 
+@pytest.mark.slow  # about 20-30 s: a subprocess runs the kernels under the interpreter
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="the kernels run directly here")
 def test_kernels_under_interpreter() -> None:

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import localconv
 from localconv.data.loader import select_splits
@@ -43,17 +42,14 @@ def kinds(report):
 
 
 # ----------------------------------------------------------------------------------------- monitor
-def test_monitor_records_every_weight_layer_in_forward_order_with_its_relu():
+def test_monitor_records_every_weight_layer_in_forward_order_with_its_relu(tmp_path):
     tx, ty, sx, sy = SYN
     splits = select_splits(tx, ty, sx, sy, limit_train=128)
     torch.manual_seed(0)
     model = localconv.create_model("tf-tutorial-conv")
     monitor = LayerMonitor(every=2, dense_start=3)
     options = TrainOptions(device="cpu", progress=False, epochs=8 / 4, batch_size=32, eval_every=0)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        Trainer(model, splits, tmp, options, callbacks=[monitor]).fit()
+    Trainer(model, splits, tmp_path, options, callbacks=[monitor]).fit()
     h = monitor.history
     assert h.layers == ["conv1", "conv2", "local3", "local4", "softmax_linear"]
     assert h.monitored_steps == [0, 1, 2, 4, 6]
@@ -221,20 +217,18 @@ def test_findings_are_ordered_by_severity_and_serializable():
     assert d["exit_code"] == 1 and d["findings"][0]["layer"] == "local3"
     import json
 
-    json.dumps(d)  # NaN gains are allowed (json writes NaN), everything else is plain data
+    json.dumps(d, allow_nan=False)  # strict JSON: the undefined gains above a zero layer are null
+    assert d["layers"]["local4"]["start"]["forward_gain"] is None
 
 
 # ----------------------------------------------------------------------------------- --watch
-def test_watch_warns_once_with_the_doctors_words_and_can_stop():
+def test_watch_warns_once_with_the_doctors_words_and_can_stop(tmp_path):
     tx, ty, sx, sy = SYN
     splits = select_splits(tx, ty, sx, sy, limit_train=256)
     messages = []
     watch = WatchCallback(every=2, stop_on_problem=False, write=messages.append)
-    import tempfile
-
-    options = TrainOptions(device="cpu", progress=False, epochs=16 / 8, batch_size=32, eval_every=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        Trainer(tf_conv_model(**{"conv2.weight": "std=1e-4"}), splits, tmp, options, callbacks=[watch]).fit()
+    options = TrainOptions(device="cpu", progress=False, epochs=8 / 8, batch_size=32, eval_every=0)
+    Trainer(tf_conv_model(**{"conv2.weight": "std=1e-4"}), splits, tmp_path / "a", options, callbacks=[watch]).fit()
     assert messages and all(m.startswith("watch: ") for m in messages)
     assert len(messages) == len({f.key for f in watch.warned})  # once per problem
     doctor_text = {f.key: f.text() for f in run_checks(watch.monitor.history)}
@@ -242,9 +236,9 @@ def test_watch_warns_once_with_the_doctors_words_and_can_stop():
     assert init.layer == "conv2" and init.text() == doctor_text[init.key]
 
     stopper = WatchCallback(every=2, stop_on_problem=True, write=lambda _: None)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(tf_conv_model(**{"conv2.weight": "std=1e-4"}), splits, tmp, options, callbacks=[stopper])
-        state = trainer.fit()
+    trainer = Trainer(tf_conv_model(**{"conv2.weight": "std=1e-4"}), splits, tmp_path / "b", options,
+                      callbacks=[stopper])
+    state = trainer.fit()
     assert trainer.stop_reason == "problem: init_too_small in conv2" and state.step == 1
 
 

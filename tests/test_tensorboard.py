@@ -1,5 +1,4 @@
 """TensorBoard callback: event files readable back, scalars + histograms present, NaN-safe."""
-import tempfile
 from pathlib import Path
 
 import pytest

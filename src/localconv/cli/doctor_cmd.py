@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.cache_dir, progress=args.progress)
     report = run_doctor(model, data.train_images, data.train_labels, options, classes=list(data.classes))
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict(), allow_nan=False))
     else:
         print(report.format())
     return report.exit_code

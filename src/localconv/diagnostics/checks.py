@@ -121,15 +121,18 @@ def _weakness(h: MonitorHistory, layer: str) -> str:
 
 
 def check_nonfinite(h: MonitorHistory) -> list[Finding]:
+    """A non-finite loss (recorded with its layer), else the earliest non-finite layer statistics
+    (a run that skips non-finite steps)."""
     event = h.nonfinite
-    if event is None:
-        for name in h.layers:
-            for s in h.stats.get(name, []):
-                if not (s.finite_act and s.finite_grad and s.finite_weight):
-                    where = "weights" if not s.finite_weight else "activations" if not s.finite_act else "gradients"
-                    return [_nonfinite_finding(h, s.step, name, where)]
+    if event is not None:
+        return [_nonfinite_finding(h, event.step, event.layer, event.where)]
+    bad = [(s.step, i, name, s) for i, name in enumerate(h.layers) for s in h.stats.get(name, [])
+           if not (s.finite_act and s.finite_grad and s.finite_weight)]
+    if not bad:
         return []
-    return [_nonfinite_finding(h, event.step, event.layer, event.where)]
+    step, _, name, s = min(bad, key=lambda b: b[:2])
+    where = "weights" if not s.finite_weight else "activations" if not s.finite_act else "gradients"
+    return [_nonfinite_finding(h, step, name, where)]
 
 
 def _nonfinite_finding(h: MonitorHistory, step: int, layer: str | None, where: str) -> Finding:

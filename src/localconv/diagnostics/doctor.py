@@ -26,7 +26,7 @@ from .monitor import LayerMonitor, LayerStats, MonitorHistory
 
 @dataclass
 class DoctorOptions:
-    """How long and on what the doctor trains (defaults: about 15 s on two CPU cores for tf-tutorial)."""
+    """How long and on what the doctor trains (defaults: well under a minute on two CPU cores for tf-tutorial)."""
 
     steps: int = 200
     batch_size: int = 32
@@ -78,8 +78,9 @@ class DoctorReport:
                 for name in self.history.layers if self.history.stats.get(name)}
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON; non-finite numbers (a gain of a dead layer, a NaN loss) become None."""
         losses = [x for _, x in self.history.losses]
-        return {
+        return _finite_or_none({
             "model": self.model, "healthy": self.healthy, "exit_code": self.exit_code,
             "steps_run": self.steps_run, "steps": self.options.steps, "batch_size": self.options.batch_size,
             "stopped": self.stopped, "accuracy": self.accuracy,
@@ -87,10 +88,20 @@ class DoctorReport:
             "findings": [f.to_dict() for f in self.findings],
             "layers": self.layer_summary(), "notes": self.notes,
             "history": self.history.to_dict(),
-        }
+        })
 
     def format(self) -> str:
         return format_report(self)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _num(x: float | None) -> str:

@@ -148,6 +148,7 @@ class _LocalConv2dFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # double backward raises instead of being silently wrong
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
         saved, weight = ctx.saved_tensors
         geo = ctx.geo
