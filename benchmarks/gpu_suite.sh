@@ -52,7 +52,8 @@ if [ "$SMOKE" = 1 ]; then
   DEV=cpu
   TTA_ARGS=(--smoke --device cpu)
   SPEED_ARGS=(--device cpu --quick --rounds 1 --models tf-tutorial)
-  LOCAL_CMD=("$PY" benchmarks/local_layer.py --device cpu --quick --json "$OUT_DIR/local_layer.json")
+  LOCAL_CMD=("$PY" benchmarks/local_layer.py --device cpu --quick --only local4-6x6-N128 --rounds 1
+             --block-seconds 0.2 --json "$OUT_DIR/local_layer.json")
 else
   DEV=cuda
   TTA_ARGS=(--device cuda)

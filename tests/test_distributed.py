@@ -53,10 +53,11 @@ def test_two_process_run_matches_single_process(dataset, tmp_path):
     # Same global batch (32 = 2 x 16) and learning rate, but each rank shuffles its own shard, so the
     # minibatches differ from any single-process run: the curves can agree only up to minibatch noise.
     # Tolerance: at every epoch the distributed loss lies inside the spread of three single-process seeds,
-    # widened by 0.1 (seed-to-seed differences on this data are 0.1-0.3 per epoch).
+    # widened by 0.25 (seed-to-seed differences on this tiny data set reach 0.3 per epoch, so a sharded run
+    # is one more draw from the same distribution); a wrong gradient average or learning rate leaves it.
     for epoch, loss in enumerate(multi):
-        lo = min(s[epoch] for s in singles) - 0.1
-        hi = max(s[epoch] for s in singles) + 0.1
+        lo = min(s[epoch] for s in singles) - 0.25
+        hi = max(s[epoch] for s in singles) + 0.25
         assert lo <= loss <= hi, (epoch, loss, singles)
     assert multi[-1] < multi[0] - 0.3  # and it learns
     # only rank 0 wrote: one metrics line per epoch

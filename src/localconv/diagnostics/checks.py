@@ -48,6 +48,7 @@ SATURATED_FRACTION = 0.5  # a softmax saturated on this share of the images, con
 MIN_LOSS_STEPS = 50      # steps needed before judging the loss trend (batch losses are noisy)
 LOSS_TOLERANCE = 0.01    # a loss "decreases" when its last fifth is below its first fifth by this
 LOSS_AT_CHANCE = 0.02    # ... and sits "at chance" within this of ln(classes)
+LOSS_WINDOW = 500        # steps averaged at each end (long runs: the start of training vs now)
 
 
 @dataclass
@@ -345,19 +346,24 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
 
 
 def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
-    pairs = [(step, x) for step, x in h.losses if math.isfinite(x)]
-    if len(pairs) < min_steps:
+    """The cross-entropy of the first and the last fifth of the steps (at most LOSS_WINDOW each):
+    not lower at the end (or at chance level), or clearly higher."""
+    if len(h.losses) < min_steps:
         return []
-    k = max(5, len(pairs) // 5)
-    head, tail = [x for _, x in pairs[:k]], [x for _, x in pairs[-k:]]
+    k = min(LOSS_WINDOW, max(5, len(h.losses) // 5))
+    first = [(step, x) for step, x in h.losses[:k] if math.isfinite(x)]
+    last = [(step, x) for step, x in h.losses[-k:] if math.isfinite(x)]
+    if len(first) < 2 or len(last) < 2:
+        return []
+    head, tail = [x for _, x in first], [x for _, x in last]
     m_head, m_tail = statistics.fmean(head), statistics.fmean(tail)
     se = math.sqrt(statistics.pvariance(head) / len(head) + statistics.pvariance(tail) / len(tail))
     chance = math.log(h.num_classes)
-    steps = f"steps {pairs[0][0]}-{pairs[k - 1][0]} vs {pairs[-k][0]}-{pairs[-1][0]}"
+    steps = f"steps {first[0][0]}-{first[-1][0]} vs {last[0][0]}-{last[-1][0]}"
     if m_tail > m_head + max(0.1, 3 * se):
         return [Finding("loss_increasing", None, "warning",
                         f"the loss rises: {m_head:.3f} -> {m_tail:.3f} ({steps}); training is diverging.",
-                        "lower the learning rate.", pairs[-k][0])]
+                        "lower the learning rate.", last[0][0])]
     at_chance = abs(m_tail - chance) < LOSS_AT_CHANCE
     if m_tail > m_head - LOSS_TOLERANCE or (at_chance and m_head - m_tail < 2 * se):
         what = (f"the loss is stuck at chance level, ln({h.num_classes}) = {chance:.2f}: the network predicts "
@@ -365,7 +371,7 @@ def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Findi
         return [Finding("loss_not_decreasing", None, "warning",
                         f"{what} ({m_head:.3f} -> {m_tail:.3f}, {steps}).",
                         "see the layer findings; with none, raise the learning rate or train longer.",
-                        pairs[-k][0])]
+                        last[0][0])]
     return []
 
 

@@ -356,6 +356,7 @@ class LayerMonitor(Callback):
         self.history = MonitorHistory()
         self.hooks: LayerHooks | None = None
         self.last_tensors: dict[str, dict[str, torch.Tensor]] = {}
+        self.samples = 0  # monitored steps recorded so far
         self._armed = False
         self._step = 0
         self._pending: dict[str, dict[str, Any]] = {}
@@ -495,6 +496,7 @@ class LayerMonitor(Callback):
             self.history.stats.setdefault(name, []).append(stats)
             probe = hooks.probes.get(name)
             self.history.rectified[name] = probe is not None and is_rectifier(probe.act_module)
+        self.samples += 1
         if self._output is not None:
             self.history.outputs.append(OutputStats(self._step, loss_value,
                                                     **{k: float(v) for k, v in self._output.items()}))

@@ -52,7 +52,7 @@ class WatchCallback(Callback):
 
     def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         self.monitor.after_step(trainer, loss)
-        samples = len(self.monitor.history.monitored_steps)
+        samples = self.monitor.samples
         if samples != self._samples:
             self._samples = samples
             self.review(trainer)

@@ -92,7 +92,7 @@ class TensorBoardCallback(Callback):
         self.monitor.after_step(trainer, loss)
         self._images += trainer.batch_size
         history = self.monitor.history
-        samples = len(history.monitored_steps)
+        samples = self.monitor.samples
         if samples == self._samples:
             return
         self._samples = samples
