@@ -34,7 +34,7 @@ def test_models_lists_parameter_counts(capsys):
 
 def test_train_eval_predict(tree, tmp_path, capsys):
     data, _ = tree
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"  # missing parent folders are created
     assert main(["train", "--model", "tf-tutorial-conv", "--data", str(data), "--out", str(run), "--epochs", "2",
                  "--batch-size", "25", "--device", "cpu", "--no-progress", "--val-split", "50"]) == 0
     meta = json.loads((run / "run.json").read_text())

@@ -53,9 +53,8 @@ def test_the_2016_conv2_init_bug_is_named(shared_jpeg, cifar_cache, capsys):
 @pytest.mark.realdata
 @pytest.mark.parametrize("std", ["1e-2", "5e-2"])
 def test_the_fixed_init_is_healthy(std, shared_jpeg, cifar_cache, capsys):
-    # 120 of the default 200 steps keep the suite short; the loss trend is still judged (over 24-step ends)
     code, out, _ = doctor(capsys, "--model", "tf-tutorial", "--conv2-std", std, "--data", str(shared_jpeg),
-                          "--device", "cpu", "--cache-dir", str(cifar_cache), "--steps", "120")
+                          "--device", "cpu", "--cache-dir", str(cifar_cache))
     assert code == 0, out
     assert "verdict: healthy" in out
 
@@ -65,7 +64,7 @@ def test_the_fixed_init_is_healthy(std, shared_jpeg, cifar_cache, capsys):
 @pytest.mark.parametrize("conv2_init, expected", [("0.0001", 1), (None, 0)])
 def test_cfg_models_from_cuda_convnet_files(conv2_init, expected, shared_jpeg, cifar_cache, tmp_path, capsys):
     code, out, _ = doctor(capsys, *cc_files(tmp_path, conv2_init), "--data", str(shared_jpeg), "--device", "cpu",
-                          "--cache-dir", str(cifar_cache), "--steps", "120", "--json")
+                          "--cache-dir", str(cifar_cache), "--json")
     report = json.loads(out)
     assert code == expected == report["exit_code"], json.dumps(report["findings"], indent=1)
     problems = {f["layer"] for f in report["findings"] if f["severity"] in ("error", "warning")}

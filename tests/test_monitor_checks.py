@@ -177,7 +177,7 @@ def test_huge_learning_rate_is_named_as_such():
 
 def test_nan_names_step_and_first_layer():
     report = doctor(tf_conv_model(), lr=1e7)
-    assert report.stopped.startswith("loss became")
+    assert report.stopped.startswith("the loss became nan at step")
     nan = next(f for f in report.findings if f.kind == "nonfinite")
     assert nan.layer in report.history.layers and f"step {nan.step}" in nan.message
     assert nan.step == report.history.nonfinite.step and report.steps_run == nan.step

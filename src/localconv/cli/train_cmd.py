@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         raise LocalconvError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if out.exists() and not out.is_dir():
         raise LocalconvError(f"--out {out} exists and is not a folder")
-    if not out.exists() and not out.absolute().parent.is_dir():  # checked before any work is done
-        what = "is not a folder" if out.absolute().parent.exists() else "does not exist"
-        raise LocalconvError(f"--out {out}: the parent folder {out.parent} {what}")
+    if not out.exists():  # missing folders are created (like mkdir -p), but not through a file
+        ancestor = next(p for p in out.absolute().parents if p.exists())
+        if not ancestor.is_dir():
+            raise LocalconvError(f"--out {out}: {ancestor} is not a folder")
     if resume:
         options_d, data_args, model = _resume_args(args)
         names = {f.name for f in fields(TrainOptions)}

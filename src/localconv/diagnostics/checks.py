@@ -222,7 +222,8 @@ def check_gradient_flow(h: MonitorHistory) -> list[Finding]:
         episode = _episode(stats, vanishing)
         if episode:
             first, recovered = episode
-            cause = _weakness(h, name) if weak_init(h, name) else "its weights or its rectifier units let little through"
+            cause = (_weakness(h, name) if weak_init(h, name)
+                     else "its weights or its rectifier units let little through")
             found.append(Finding(
                 "vanishing_gradients", name, "warning",
                 f"gradients vanish from {name} down: it passes on only {_pct(first.backward_gain)} of the gradient "

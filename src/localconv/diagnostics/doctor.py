@@ -12,7 +12,7 @@ import contextlib
 import math
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class DoctorReport:
     steps_run: int
     accuracy: float | None = None
     stopped: str = ""              # why the run ended early ("" if it did not)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[Finding]:
@@ -86,7 +85,7 @@ class DoctorReport:
             "stopped": self.stopped, "accuracy": self.accuracy,
             "loss_start": losses[0] if losses else None, "loss_end": losses[-1] if losses else None,
             "findings": [f.to_dict() for f in self.findings],
-            "layers": self.layer_summary(), "notes": self.notes,
+            "layers": self.layer_summary(),
             "history": self.history.to_dict(),
         })
 
@@ -144,15 +143,17 @@ def format_report(report: DoctorReport) -> str:
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines.append("")
-        lines.append(f"per layer, first -> last monitored step (steps {h.monitored_steps[0]}..{h.monitored_steps[-1]}):"
-                     if h.monitored_steps else "per layer:")
+        steps = h.monitored_steps
+        lines.append(f"per layer, first -> last monitored step (steps {steps[0]}..{steps[-1]}):" if steps
+                     else "per layer:")
         for r in rows:
-            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            lines.append("  " + "  ".join(cells))
         lines.append("  (signal: spread of the activations between images; grad: gradient reaching the activations; "
                      "gains: signal out/in, gradient in/out)")
     lines.append("")
     if report.healthy:
-        lines.append("verdict: healthy" + (" (notes below)" if report.findings else ""))
+        lines.append("verdict: healthy" + (" (notes below)" if report.findings else ""))  # info findings only
     else:
         names = sorted({f.layer for f in report.problems if f.layer}, key=lambda n: h.layers.index(n)
                        if n in h.layers else len(h.layers))
@@ -161,7 +162,6 @@ def format_report(report: DoctorReport) -> str:
     for f in report.findings:
         lines.append(f"  [{f.severity}] {f.layer or 'model'}: {f.message}")
         lines.append(f"      fix: {f.fix}")
-    lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
 
 
@@ -198,8 +198,9 @@ def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.nda
             with contextlib.redirect_stdout(sys.stderr):  # the engine's epoch lines; stdout is the report's
                 state = trainer.fit()
             accuracy = state.last_accuracy
-        except NonFiniteLoss as exc:
-            stopped = str(exc)
+        except NonFiniteLoss:  # the monitor recorded where; the engine's advice is about `train`
+            event = monitor.history.nonfinite
+            stopped = f"the loss became {event.loss} at step {event.step}" if event else "the loss became non-finite"
             accuracy = None
         finally:
             monitor.detach()

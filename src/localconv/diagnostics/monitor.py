@@ -484,20 +484,25 @@ class LayerMonitor(Callback):
             before = self._before[name]
             after = [p.detach() for p in weight_params(module)]
             delta = torch.stack([(a.float() - b.float()).pow(2).sum() for a, b in zip(after, before)]).sum().sqrt()
-            norm = torch.stack([b.float().pow(2).sum() for b in before]).sum().sqrt()
-            values["update_ratio"] = delta / norm if bool(norm > 0) else None
-            floats = {k: (None if v is None else float(v)) for k, v in values.items()}
+            values["weight_norm"] = torch.stack([b.float().pow(2).sum() for b in before]).sum().sqrt()
+            values["update_ratio"] = delta / values["weight_norm"]
+            # one transfer for all of this layer's numbers (one device sync, not one per number)
+            numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+            floats = dict(zip(values, numbers))
+            if floats["weight_norm"] == 0:
+                floats["update_ratio"] = None
             stats = LayerStats(
                 step=self._step, act_mean=floats["act_mean"], act_rms=floats["act_rms"], signal=floats["signal"],
-                in_signal=floats["in_signal"], in_rms=floats["in_rms"], dead_frac=floats.get("dead_frac"), grad_out=floats.get("grad_out"),
-                grad_in=floats.get("grad_in"), weight_rms=floats["weight_rms"], grad_rms=floats.get("grad_rms"),
-                update_ratio=floats["update_ratio"], finite_act=bool(floats["finite_act"]),
+                in_signal=floats["in_signal"], in_rms=floats["in_rms"], dead_frac=floats.get("dead_frac"),
+                grad_out=floats.get("grad_out"), grad_in=floats.get("grad_in"), weight_rms=floats["weight_rms"],
+                grad_rms=floats.get("grad_rms"), update_ratio=floats["update_ratio"],
+                finite_act=bool(floats["finite_act"]),
                 finite_grad=bool(floats.get("finite_grad", True)), finite_weight=bool(floats["finite_weight"]))
             self.history.stats.setdefault(name, []).append(stats)
             probe = hooks.probes.get(name)
             self.history.rectified[name] = probe is not None and is_rectifier(probe.act_module)
         self.samples += 1
         if self._output is not None:
-            self.history.outputs.append(OutputStats(self._step, loss_value,
-                                                    **{k: float(v) for k, v in self._output.items()}))
+            numbers = torch.stack([v.float() for v in self._output.values()]).tolist()
+            self.history.outputs.append(OutputStats(self._step, loss_value, **dict(zip(self._output, numbers))))
         self._pending, self._before, self._output = {}, {}, None

@@ -116,8 +116,8 @@ def plot_confusion(confusion: Any, classes: Sequence[str], path: str | Path, tit
 
 def plot_reliability(bins: Sequence[dict[str, float]], path: str | Path, ece: float | None = None,
                      title: str = "reliability diagram") -> Path:
-    """Accuracy per confidence bin (bars) against the diagonal of perfect calibration, with the
-    share of images per bin below."""
+    """Accuracy per confidence bin (bars) and the bin's mean confidence (red) against the diagonal of
+    perfect calibration, with the share of images per bin below."""
     fig = _figure(5, 5.5)
     ax, ax_count = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     lo = np.array([b["lo"] for b in bins])
@@ -128,8 +128,8 @@ def plot_reliability(bins: Sequence[dict[str, float]], path: str | Path, ece: fl
     filled = counts > 0
     ax.bar(lo[filled], acc[filled], width=width[filled], align="edge", color="C0", edgecolor="white",
            label="accuracy")
-    ax.bar(lo[filled], conf[filled] - acc[filled], bottom=acc[filled], width=width[filled], align="edge",
-           color="C3", alpha=0.35, edgecolor="C3", label="gap to confidence")
+    ax.hlines(conf[filled], lo[filled], lo[filled] + width[filled], color="C3", linewidth=2,
+              label="mean confidence")
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
