@@ -93,14 +93,8 @@ class ResponseNorm(nn.Module):
         return f"size={self.size}, scale={self.scale}, pow={self.power}"
 
 
-class ContrastNorm(nn.Module):
+class ContrastNorm(ResponseNorm):
     """``cnorm``: like ``rnorm`` on each pixel's deviation from its local (in-bounds) mean."""
-
-    def __init__(self, size: int, scale: float, power: float, neuron: nn.Module | None = None) -> None:
-        super().__init__()
-        _check(size, scale, power)
-        self.size, self.scale, self.power = size, float(scale), float(power)
-        self.neuron = neuron if neuron is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -110,6 +104,3 @@ class ContrastNorm(nn.Module):
         sums = _spatial_window_sum(diff * diff, self.size)
         y = x * (1.0 + (self.scale / self.size ** 2) * sums).pow(-self.power)
         return self.neuron(y)
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}, scale={self.scale}, pow={self.power}"
