@@ -48,8 +48,6 @@ def write_confusion(path: Path, confusion, classes: list[str]) -> None:  # noqa:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data.loader import select_splits
     from ..training.checkpoint import load_run
     from ..training.engine import resolve_device
@@ -128,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"reliability diagram written to {args.reliability}", file=sys.stderr)
     if args.confusion:
         print(f"confusion matrix written to {args.confusion}", file=sys.stderr)
-    del torch
     return 0
 
 
