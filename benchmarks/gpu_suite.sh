@@ -6,6 +6,9 @@
 # Stages (each under its own time limit; a stage that fails or times out does not stop the others):
 #   env        torch/triton/GPU versions
 #   local      LocallyConnected2d: Triton vs portable vs naive reference parity, GPU timings (gpu_local_layer.py)
+#   steps      step_profile.py: eager / fused / CUDA graph / graph+compile step for both models: parity against
+#              eager, images/s, and a torch.profiler breakdown (device-busy vs wall time, top kernels); picks
+#              each model's fastest mode that passed parity (best_step) for the stages below
 #   tf         tf-tutorial, fast recipe, full JPEG training set, 30 epochs, seeds 0,1,2: test accuracy, time, img/s
 #   cc         cc-11pct, fast recipe, 40 epochs, seeds 0,1,2: test accuracy single / flip / 10-view
 #   cc-orig    cc-11pct, the original recipe (per-layer epsW/momW/wc, batch 128), schedule shortened to 12 epochs
@@ -18,7 +21,7 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 OUT_DIR="${OUT:-benchmarks/results}"
 DATA="data-local/cifar10-jpeg"
-ONLY="env,local,tf,cc,cc-orig,speed"
+ONLY="env,local,steps,tf,cc,cc-orig,speed"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -51,17 +54,19 @@ stage() {  # stage NAME LIMIT_S COMMAND...
 if [ "$SMOKE" = 1 ]; then
   DEV=cpu
   TTA_ARGS=(--smoke --device cpu)
+  STEPS_ARGS=(--smoke --device cpu --models cc-11pct)
   SPEED_ARGS=(--device cpu --quick --rounds 1 --models tf-tutorial)
   LOCAL_CMD=("$PY" benchmarks/local_layer.py --device cpu --quick --only local4-6x6-N128 --rounds 1
              --block-seconds 0.2 --json "$OUT_DIR/local_layer.json")
 else
   DEV=cuda
   TTA_ARGS=(--device cuda)
+  STEPS_ARGS=(--device cuda --epochs 2 --modes eager,fused,graph,graph+compile --compile-models cc-11pct)
   SPEED_ARGS=(--device cuda --quick)
   LOCAL_CMD=("$PY" benchmarks/gpu_local_layer.py --out "$OUT_DIR/local_layer.json")
 fi
 
-stage env 60 "$PY" -c "
+stage env 15 "$PY" -c "
 import json, platform, torch
 info = {'torch': torch.__version__, 'python': platform.python_version(), 'cuda': torch.cuda.is_available()}
 if torch.cuda.is_available():
@@ -72,14 +77,29 @@ except ImportError:
     info['triton'] = None
 print(json.dumps(info)); open('$OUT_DIR/env.json', 'w').write(json.dumps(info))
 "
-stage local 120 "${LOCAL_CMD[@]}"
-stage tf 150 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes fast --seeds 0,1,2 \
-  "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_fast.json"
-stage cc 180 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes fast --seeds 0,1,2 \
-  "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_fast.json"
-stage cc-orig 120 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes original --seeds 0 \
-  --epochs original:cc-11pct=12 "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_original.json"
-stage speed 120 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
+stage local 70 "${LOCAL_CMD[@]}"
+stage steps 140 "$PY" benchmarks/step_profile.py --data "$DATA" "${STEPS_ARGS[@]}" --json "$OUT_DIR/step_profile.json"
+best_step() {  # the steps stage's fastest mode for model $1 that passed parity; --step auto without it
+  "$PY" - "$OUT_DIR/step_profile.json" "$1" <<'PYEOF' 2>/dev/null || echo "--step auto"
+import json, sys
+best = json.load(open(sys.argv[1]))["best_step"][sys.argv[2]]
+step, _, extra = best.partition("+")
+print(f"--step {step}" + (" --compile" if extra == "compile" else ""))
+PYEOF
+}
+TF_STEP=$(best_step tf-tutorial)
+CC_STEP=$(best_step cc-11pct)
+echo "step modes: tf-tutorial $TF_STEP, cc-11pct $CC_STEP"
+# shellcheck disable=SC2086  # the step arguments are two words on purpose
+stage tf 75 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes fast --seeds 0,1,2 \
+  $TF_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_fast.json"
+# shellcheck disable=SC2086
+stage cc 100 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes fast --seeds 0,1,2 \
+  $CC_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_fast.json"
+# shellcheck disable=SC2086
+stage cc-orig 40 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes original --seeds 0 \
+  --epochs original:cc-11pct=12 $CC_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_original.json"
+stage speed 35 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
 
 "$PY" - "$OUT_DIR" <<'PYEOF'
 import json, pathlib, sys

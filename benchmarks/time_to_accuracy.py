@@ -1,11 +1,12 @@
 """Time to accuracy: train a model per recipe and seed on the full training set, test on the test set.
 
     python benchmarks/time_to_accuracy.py --data DATA [--models tf-tutorial,cc-11pct] [--recipes fast,original]
-        [--seeds 0,1,2] [--epochs fast:tf-tutorial=30,...] [--device cuda] [--json OUT] [--smoke]
+        [--seeds 0,1,2] [--epochs fast:tf-tutorial=30,...] [--device cuda] [--step graph] [--compile]
+        [--json OUT] [--smoke]
 
 Per run: training time as the fast-training literature counts it (from the first training step to the end
-of the final evaluation, excluding checkpoint writing; a ``--compile`` warm-up is measured and reported
-separately), images/s, and test precision@1 single-view, with flip, and 10-view. Summary: mean and spread
+of the final evaluation, excluding checkpoint writing; the one-time ``--compile`` compilation and
+``--step graph`` capture are measured and reported separately as ``compile_warmup_s``), images/s, and test precision@1 single-view, with flip, and 10-view. Summary: mean and spread
 (min..max, sample std) over seeds. Data: whatever --data is; for the shared JPEG copy say so when quoting.
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ def parse_epochs(text: str | None) -> dict[tuple[str, str], float]:
 
 
 def one_run(name: str, recipe: str, seed: int, epochs: float, data, device: str, compile_model: bool,  # noqa: ANN001
-            limit_train: int | None, limit_test: int | None, batch_size: int | None, lr_scale: float = 1.0) -> dict:
+            limit_train: int | None, limit_test: int | None, batch_size: int | None, lr_scale: float = 1.0,
+            step: str = "auto") -> dict:
     splits = select_splits(data.train_images, data.train_labels, data.test_images, data.test_labels,
                            limit_train=limit_train, limit_test=limit_test)
     torch.manual_seed(seed)
@@ -48,24 +50,9 @@ def one_run(name: str, recipe: str, seed: int, epochs: float, data, device: str,
     with tempfile.TemporaryDirectory() as tmp:
         options = TrainOptions(recipe=recipe, epochs=epochs, seed=seed, device=device, progress=False,
                                eval_every=0, checkpoint_every=10**6, compile=compile_model, log_every=0,
-                               batch_size=batch_size, lr_scale=lr_scale)
+                               batch_size=batch_size, lr_scale=lr_scale, step=step)
         trainer = Trainer(model, splits, Path(tmp) / "run", options)
-        warmup_s = 0.0
-        if compile_model:  # one-time compilation, reported separately
-            t0 = time.perf_counter()
-            from localconv.data.augment import draw_epoch_plan, train_batch
-
-            plan = draw_epoch_plan(trainer.local_batch, model.input_spec, seed, 0).to(trainer.device)
-            x = train_batch(trainer.splits.train_images[:trainer.local_batch], plan, model.input_spec,
-                            getattr(model, "pixel_mean", None) if model.needs_pixel_mean() else None)
-            with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp):
-                trainer.forward(x).float().sum().backward()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            warmup_s = time.perf_counter() - t0
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
+        warmup_s = trainer.warm_up()  # compilation / graph capture, reported separately
         state = trainer.fit()  # train_time_s: steps + final evaluation, no checkpoint I/O
         eval_model = trainer.eval_model()
         images, labels = trainer.splits.test_images, trainer.splits.test_labels
@@ -73,7 +60,7 @@ def one_run(name: str, recipe: str, seed: int, epochs: float, data, device: str,
                 for v in ("single", "flip", "multiview")}
     rates = [r["images_per_s"] for r in state.history[1:]] or [state.history[0]["images_per_s"]]
     return {"model": name, "recipe": recipe, "seed": seed, "epochs": epochs, "batch_size": trainer.batch_size,
-            "lr_scale": lr_scale,
+            "lr_scale": lr_scale, "step": trainer.step_mode, "compile": compile_model,
             "train_time_s": state.train_time_s, "compile_warmup_s": warmup_s,
             "images_per_s": statistics.median(rates), "test_accuracy_in_run": state.last_accuracy,
             "test_single": accs["single"], "test_flip": accs["flip"], "test_10view": accs["multiview"],
@@ -105,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", default=None, help="overrides, e.g. fast:tf-tutorial=20,original:cc-11pct=10")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--step", default="auto", choices=("auto", "eager", "fused", "graph"),
+                   help="training step mode (see localconv train --help)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--limit-train", type=int, default=None)
@@ -122,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 r = one_run(name, recipe, seed, epochs.get((recipe, name), 10), data, args.device, args.compile,
-                            args.limit_train, args.limit_test, args.batch_size, args.lr_scale)
+                            args.limit_train, args.limit_test, args.batch_size, args.lr_scale, args.step)
                 runs.append(r)
                 print(json.dumps(r), flush=True)
                 if args.json:  # keep partial results if a later run is cut off

@@ -38,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--step", choices=("auto", "eager", "fused", "graph"), default="auto",
+                   help="how a training step runs: eager (checks every loss before the update; needed by --watch, "
+                        "--tensorboard, --skip-nonfinite and torchrun), fused (device-side step, no host "
+                        "synchronization), graph (fused, captured as one CUDA graph); auto: fused on CUDA "
+                        "when the run allows it, else eager")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip batches whose loss is NaN/Inf")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     diag = p.add_argument_group("diagnosis (see docs/diagnosis.md)")
@@ -68,7 +73,7 @@ def diagnostic_callbacks(args: argparse.Namespace, out: Path) -> list[Any]:
 
 
 OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "seed", "device", "amp", "compile",
-               "eval_every", "checkpoint_every", "skip_nonfinite")
+               "step", "eval_every", "checkpoint_every", "skip_nonfinite")
 DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split")
 
 
@@ -84,6 +89,8 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     options["progress"] = not args.no_progress
     if args.device != "auto":
         options["device"] = args.device
+    if args.step != "auto":  # how steps run does not change what they compute
+        options["step"] = args.step
     data_args = dict(meta["data"].get("args", {}))
     if args.data:
         data_args["data"] = str(Path(args.data).resolve())

@@ -31,6 +31,7 @@ from .checkpoint import (load_optimizer_state, load_state, load_weights_into, re
                          trim_log)
 from .ema import WeightEMA
 from .evaluate import evaluate
+from .fused_step import STEP_MODES, FusedStep
 from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
 
 
@@ -48,6 +49,7 @@ class TrainOptions:
     device: str = "auto"
     amp: bool | None = None            # bf16 autocast; None: on for CUDA
     compile: bool = False
+    step: str = "auto"                 # auto | eager | fused | graph (see training/fused_step.py)
     eval_every: int = 1                # epochs between evaluations (0: only at the end)
     checkpoint_every: int = 1          # epochs between checkpoints
     skip_nonfinite: bool = False       # skip batches with a non-finite loss instead of stopping
@@ -67,6 +69,8 @@ class TrainOptions:
             raise LocalconvError("--eval-every must be >= 0 and --checkpoint-every >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise LocalconvError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.step not in STEP_MODES:
+            raise LocalconvError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,6 +94,9 @@ class Callback:
     def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
     def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+FUSED_POLL_EVERY = 25  # steps between the fused step's host checks (non-finite loss, progress bar)
 
 
 class NonFiniteLoss(LocalconvError):
@@ -164,8 +171,33 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if options.compile:
             self.forward = torch.compile(self.forward)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
+        self.step_mode = self._resolve_step_mode()
+        self.fused: FusedStep | None = None  # built at the start of fit(), after any resume
         if resume:
             self._restore()
+
+    def _resolve_step_mode(self) -> str:
+        """eager (the default on CPU and whenever a run needs it) or the device-side fused / graph step."""
+        requested = self.options.step
+        blockers = []
+        if self.dist is not None:
+            blockers.append("distributed training")
+        if self.options.skip_nonfinite:
+            blockers.append("--skip-nonfinite")
+        hooked = [type(cb).__name__ for cb in self.callbacks if type(cb).after_backward is not Callback.after_backward]
+        if hooked:
+            blockers.append("callbacks that inspect gradients (" + ", ".join(hooked) + ")")
+        if requested == "auto":
+            return "fused" if self.device.type == "cuda" and not blockers else "eager"
+        if requested != "eager" and blockers:
+            raise LocalconvError(f"--step {requested} cannot be used with " + " or ".join(blockers)
+                                 + "; use --step eager")
+        if requested == "graph" and self.device.type != "cuda":
+            raise LocalconvError("--step graph captures a CUDA graph and needs a CUDA device; "
+                                 "use --step fused or eager on the CPU")
+        return requested
 
     # ----------------------------------------------------------------- state
     def eval_model(self) -> Classifier:
@@ -264,6 +296,64 @@ class Trainer:
             cb.after_step(self, loss)
         return loss.detach()
 
+    def warm_up(self) -> float:
+        """One-time work before timed training, leaving the weights as they were: ``torch.compile``'s
+        compilation and, for ``--step graph``, the CUDA graph capture. Returns the seconds it took
+        (the fast-training literature reports this apart from the training time)."""
+        t0 = time.perf_counter()
+        if self.step_mode == "eager":
+            if self.options.compile:
+                spec = self.model.input_spec
+                plan = draw_epoch_plan(self.local_batch, spec, self.options.seed, 0).to(self.device)
+                mean = self.model.pixel_mean if self.model.needs_pixel_mean() else None
+                x = train_batch(self.splits.train_images[:self.local_batch], plan, spec, mean)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    self.forward(x).float().sum().backward()
+                self.optimizer.zero_grad(set_to_none=True)
+        else:
+            if self.fused is None:
+                self.fused = FusedStep(self, capture=self.step_mode == "graph")
+            epoch, first = divmod(self.state.step, self.steps_per_epoch)
+            plan = draw_epoch_plan(self.splits.train_images.shape[0], self.model.input_spec, self.options.seed,
+                                   epoch)
+            self.fused.start_epoch(plan.to(self.device), first)
+            if self.step_mode == "graph":
+                self.fused.capture_graph()
+            elif self.options.compile:
+                self.fused.warm_up(1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def _fused_step(self, fused: FusedStep, last_in_epoch: bool) -> torch.Tensor:
+        """One device-side step; the host only keeps its own counters and polls now and then."""
+        s = self.state
+        set_lr(self.optimizer, self.schedule.multiplier(s.step))  # host copy of the rate, for logs and checkpoints
+        fused.run()
+        s.step += 1
+        s.images_seen += self.local_batch
+        if self.ema is not None:
+            self.ema.num_updates += 1
+        if s.step % FUSED_POLL_EVERY == 0 and not last_in_epoch:
+            self._check_fused(fused)
+        loss = fused.loss
+        if self.callbacks:
+            loss = loss.clone()  # the static output is overwritten by the next step
+            for cb in self.callbacks:
+                cb.after_step(self, loss)
+        return loss
+
+    def _check_fused(self, fused: FusedStep) -> None:
+        bad_step = int(fused.first_nonfinite_step)  # the one host sync of the fused step
+        if bad_step < 0:
+            return
+        kept = self._kept_checkpoint()
+        raise NonFiniteLoss(
+            f"loss became non-finite at step {bad_step} (found at step {self.state.step}: --step "
+            f"{self.step_mode} checks every {FUSED_POLL_EVERY} steps, after the update); {kept}; lower the "
+            "learning rate, or rerun from the checkpoint with --step eager, which stops before the bad update "
+            "and names the first non-finite layer")
+
     def _nonfinite_message(self, loss: torch.Tensor, x: torch.Tensor) -> str:
         from ..diagnostics.monitor import first_nonfinite_layer
 
@@ -273,14 +363,16 @@ class Trainer:
         except Exception:  # diagnosis must never hide the original problem
             layer = None
         where = f", first non-finite in layer {layer}" if layer else ""
+        return (f"loss became {loss.item()} at step {self.state.step}{where}; {self._kept_checkpoint()}; "
+                "lower the learning rate, or use --skip-nonfinite to skip such batches")
+
+    def _kept_checkpoint(self) -> str:
         try:
             meta = read_meta(self.run_dir, missing_ok=True)
         except LocalconvError:
             meta = None
-        kept = (f"the last good checkpoint (step {meta['step']}) is kept" if meta
+        return (f"the last good checkpoint (step {meta['step']}) is kept" if meta
                 else "no checkpoint had been written yet")
-        return (f"loss became {loss.item()} at step {self.state.step}{where}; {kept}; "
-                "lower the learning rate, or use --skip-nonfinite to skip such batches")
 
     def evaluate_now(self) -> float:
         images, labels = self.splits.eval_set()
@@ -320,31 +412,47 @@ class Trainer:
         # each rank draws its own plan over its own shard
         plan_seed = self.options.seed + (1_000_003 * self.dist.rank if self.dist else 0)
         mean = mean if self.model.needs_pixel_mean() else None
+        if self.step_mode != "eager" and self.fused is None:
+            self.fused = FusedStep(self, capture=self.step_mode == "graph")
+        fused = self.fused
         try:
             while s.step < self.total_steps and not self.should_stop:
                 epoch, first = divmod(s.step, self.steps_per_epoch)
                 plan = draw_epoch_plan(images.shape[0], spec, plan_seed, epoch).to(self.device)
-                t0, loss_sum, n_loss, seen0 = time.perf_counter(), torch.zeros((), device=self.device), 0, s.images_seen
+                t0, seen0 = time.perf_counter(), s.images_seen
+                loss_sum, n_loss = torch.zeros((), device=self.device), 0
+                if fused is not None:
+                    fused.start_epoch(plan, first)
+                    fused.reset_loss_sum()
                 for k in range(first, self.steps_per_epoch):
                     if self.dist is not None:  # every rank must stop at the same step
                         self.should_stop = ddp.any_true(self.should_stop, self.dist, self.device)
                     if s.step >= self.total_steps or self.should_stop:
                         break
-                    b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
-                    x = train_batch(images[b.order], b, spec, mean)
-                    if self.device.type == "cuda":
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    loss = self.train_step(x, labels[b.order])
-                    if torch.isfinite(loss):  # skipped (non-finite) batches stay out of the mean
-                        loss_sum += loss
-                        n_loss += 1
-                    if s.step % 10 == 0 or s.step == self.total_steps:
+                    if fused is not None:
+                        loss = self._fused_step(fused, last_in_epoch=k == self.steps_per_epoch - 1)
+                        show = s.step % FUSED_POLL_EVERY == 0 or s.step == self.total_steps
+                    else:
+                        b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
+                        x = train_batch(images[b.order], b, spec, mean)
+                        if self.device.type == "cuda":
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        skipped = s.skipped_steps
+                        loss = self.train_step(x, labels[b.order])
+                        if s.skipped_steps == skipped:  # skipped (non-finite) batches stay out of the mean
+                            loss_sum += loss
+                            n_loss += 1
+                        show = s.step % 10 == 0 or s.step == self.total_steps
+                    if show:
                         rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
                         bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
                     bar.update(1)
                     if self.options.log_every and s.step % self.options.log_every == 0:
                         self.log({"kind": "step", "step": s.step, "epoch": s.step / self.steps_per_epoch,
                                   "loss": float(loss), "lr": self.optimizer.param_groups[0]["lr"]})
+                if fused is not None:
+                    self._check_fused(fused)  # before any checkpoint: never save weights after a bad update
+                    loss_sum, n_loss = fused.loss_sum.clone(), int(fused.finite_steps)
                 epoch_time = time.perf_counter() - t0
                 s.train_time_s += epoch_time
                 at_epoch_end = s.step % self.steps_per_epoch == 0

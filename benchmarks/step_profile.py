@@ -1,0 +1,235 @@
+"""Where a training step's time goes, and what each way of running it buys.
+
+    python benchmarks/step_profile.py --data DIR [--device cuda] [--models tf-tutorial,cc-11pct]
+        [--modes eager,fused,graph,graph+compile] [--epochs 3] [--json OUT] [--smoke]
+
+For each model (fast recipe, its default batch) and each step mode (``--step`` of ``localconv train``,
+``+compile`` adds ``torch.compile``):
+
+* throughput: ``Trainer.fit`` on the training set for ``--epochs`` epochs after the mode's one-time
+  warm-up (compilation, graph capture; reported as ``warmup_s``); images/s is the median over the epochs
+  after the first, and ``speedup`` is against eager in the same run;
+* parity: the same 20 steps in fp32 (no autocast) as eager; the largest relative weight difference
+  (``||w_mode - w_eager|| / ||w_eager||`` over tensors) must stay below ``PARITY_TOL``;
+* profile (eager and the fastest mode): ``torch.profiler`` over ``PROFILE_STEPS`` steps: wall time per step,
+  device-busy time per step (sum of kernel times), kernel launches per step and the kernels that take the
+  most time. Wall >> busy means the step waits on the host (launch-bound); wall ~ busy means the kernels
+  themselves bound it, and the table says which.
+
+``best_step`` in the JSON is, per model, the fastest mode that passed parity; ``gpu_suite.sh`` trains
+with it. ``--smoke`` runs tiny CPU settings (CI checks that the script works).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import localconv
+from localconv.data import load_cifar10
+from localconv.data.loader import select_splits
+from localconv.training.engine import Callback, Trainer, TrainOptions
+
+PARITY_STEPS = 20
+PARITY_TOL = 2e-2  # fp32 on GPU still differs by cuDNN algorithm choice and TF32; a wrong update is O(1)
+PROFILE_WAIT, PROFILE_STEPS = 5, 20
+
+
+def parse_mode(mode: str) -> tuple[str, bool]:
+    step, _, extra = mode.partition("+")
+    if step not in ("eager", "fused", "graph") or extra not in ("", "compile"):
+        raise SystemExit(f"--modes: unknown mode {mode!r} (STEP or STEP+compile, STEP in eager/fused/graph)")
+    return step, extra == "compile"
+
+
+def make_trainer(name: str, mode: str, splits, run_dir: Path, device: str, epochs: float,  # noqa: ANN001
+                 batch_size: int | None, amp: bool | None = None, callbacks=()) -> Trainer:  # noqa: ANN001
+    step, compile_model = parse_mode(mode)
+    torch.manual_seed(0)
+    model = localconv.create_model(name)
+    options = TrainOptions(recipe="fast", epochs=epochs, seed=0, device=device, progress=False, eval_every=0,
+                           checkpoint_every=10**6, log_every=0, compile=compile_model, step=step,
+                           batch_size=batch_size, amp=amp)
+    return Trainer(model, splits, run_dir, options, callbacks=callbacks)
+
+
+def throughput(name: str, mode: str, splits, device: str, epochs: float, batch_size: int | None) -> dict:  # noqa: ANN001
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(name, mode, splits, Path(tmp) / "run", device, epochs, batch_size)
+        warmup_s = trainer.warm_up()
+        state = trainer.fit()
+    rates = [r["images_per_s"] for r in state.history[1:]] or [state.history[0]["images_per_s"]]
+    rate = statistics.median(rates)
+    return {"images_per_s": rate, "epoch_s": trainer.full_train_size / rate, "warmup_s": warmup_s,
+            "step": trainer.step_mode, "batch_size": trainer.batch_size,
+            "step_ms": 1000 * trainer.local_batch / rate}
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def parity(name: str, modes: list[str], splits, device: str, batch_size: int | None) -> dict:  # noqa: ANN001
+    results, runs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ["eager"] + [m for m in modes if m != "eager"]:
+            trainer = make_trainer(name, mode, splits, Path(tmp) / mode.replace("+", "_"), device, 1.0,
+                                   batch_size, amp=False)
+            trainer.total_steps = PARITY_STEPS
+            try:
+                trainer.fit()
+                runs[mode] = weights(trainer)
+            except Exception as exc:  # noqa: BLE001 -- a mode that cannot run is a result, not a crash
+                results[mode] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    ref = runs.get("eager")
+    for mode, w in runs.items():
+        if ref is None:
+            break
+        diffs = {k: ((w[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-12)).item() for k in ref}
+        worst = max(diffs, key=diffs.get)
+        results[mode] = {"ok": diffs[worst] <= PARITY_TOL, "max_rel_diff": diffs[worst], "worst_tensor": worst}
+    return results
+
+
+class ProfilerSteps(Callback):
+    """Advances a torch.profiler schedule after every optimizer step."""
+
+    def __init__(self, profiler: torch.profiler.profile) -> None:
+        self.profiler = profiler
+        self.marks: list[float] = []
+
+    def after_step(self, trainer: Trainer, loss: torch.Tensor) -> None:  # noqa: ARG002
+        if trainer.state.step in (PROFILE_WAIT, PROFILE_WAIT + PROFILE_STEPS):
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.marks.append(time.perf_counter())
+        self.profiler.step()
+
+
+def profile(name: str, mode: str, splits, device: str, batch_size: int | None, top: int = 12) -> dict:  # noqa: ANN001
+    on_gpu = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    schedule = torch.profiler.schedule(wait=PROFILE_WAIT, warmup=0, active=PROFILE_STEPS, repeat=1)
+    with tempfile.TemporaryDirectory() as tmp, torch.profiler.profile(activities=activities,
+                                                                      schedule=schedule) as prof:
+        steps_cb = ProfilerSteps(prof)
+        trainer = make_trainer(name, mode, splits, Path(tmp) / "run", device, 1.0, batch_size, callbacks=[steps_cb])
+        trainer.total_steps = PROFILE_WAIT + PROFILE_STEPS
+        trainer.warm_up()
+        trainer.fit()
+    events = prof.key_averages()
+
+    def device_time(e) -> float:  # noqa: ANN001 -- microseconds; the attribute was renamed in torch 2.4
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+    if on_gpu:
+        kernels = [e for e in events if device_time(e) > 0 and "DeviceType.CUDA" in str(getattr(e, "device_type", ""))]
+        kernels = kernels or [e for e in events if device_time(e) > 0]
+        busy_us = sum(device_time(e) for e in kernels)
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch",
+                                                            "cudaLaunchKernelExC"))
+        ranked = sorted(kernels, key=device_time, reverse=True)[:top]
+        table = [{"name": e.key[:120], "ms_per_step": device_time(e) / 1000 / PROFILE_STEPS,
+                  "share": device_time(e) / busy_us if busy_us else 0.0, "calls_per_step": e.count / PROFILE_STEPS}
+                 for e in ranked]
+    else:  # CPU: the ops' own CPU time
+        ops = [e for e in events if e.key.startswith("aten::")]
+        busy_us = sum(e.self_cpu_time_total for e in ops)
+        launches = 0
+        ranked = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        table = [{"name": e.key, "ms_per_step": e.self_cpu_time_total / 1000 / PROFILE_STEPS,
+                  "share": e.self_cpu_time_total / busy_us if busy_us else 0.0, "calls_per_step": e.count / PROFILE_STEPS}
+                 for e in ranked]
+    wall_ms = 1000 * (steps_cb.marks[1] - steps_cb.marks[0]) / PROFILE_STEPS if len(steps_cb.marks) == 2 else None
+    busy_ms = busy_us / 1000 / PROFILE_STEPS
+    return {"mode": mode, "steps": PROFILE_STEPS, "wall_ms_per_step_profiled": wall_ms, "busy_ms_per_step": busy_ms,
+            "launches_per_step": launches / PROFILE_STEPS, "top": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", default="tf-tutorial,cc-11pct")
+    p.add_argument("--modes", default=None, help="default: eager,fused,graph,graph+compile on CUDA; eager,fused on CPU")
+    p.add_argument("--compile-models", default=None,
+                   help="models that get the +compile modes (default: all; compilation takes most of a GPU run)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script works")
+    args = p.parse_args(argv)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    on_gpu = torch.device(device).type == "cuda"
+    modes = (args.modes or ("eager,fused,graph,graph+compile" if on_gpu else "eager,fused")).split(",")
+    for m in modes:
+        parse_mode(m)
+    if args.smoke:
+        args.limit_train, args.epochs, args.batch_size = args.limit_train or 256, 2, args.batch_size or 64
+    data = load_cifar10(args.data, progress=False)
+    splits = select_splits(data.train_images, data.train_labels, data.test_images, data.test_labels,
+                           limit_train=args.limit_train, limit_test=1000)  # only the final evaluation uses it
+    out: dict = {"data": data.source, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+                 "torch": torch.__version__, "models": {}, "best_step": {}}
+
+    def save() -> None:
+        if args.json:  # after every piece, so that a time-out keeps what was measured
+            args.json.write_text(json.dumps(out, indent=1))
+
+    for name in args.models.split(","):
+        entry: dict = {"throughput": {}, "parity": {}, "profile": []}
+        out["models"][name] = entry
+        compiled_ok = args.compile_models is None or name in args.compile_models.split(",")
+        modes_here = [m for m in modes if compiled_ok or not m.endswith("+compile")]
+        entry["parity"] = parity(name, modes_here, splits, device, args.batch_size)
+        save()
+        for mode in modes_here:
+            if not entry["parity"].get(mode, {}).get("ok", False):
+                continue
+            try:
+                entry["throughput"][mode] = throughput(name, mode, splits, device, args.epochs, args.batch_size)
+            except Exception as exc:  # noqa: BLE001
+                entry["throughput"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
+            save()
+        rates = {m: r["images_per_s"] for m, r in entry["throughput"].items() if "images_per_s" in r}
+        base = rates.get("eager")
+        for m, r in entry["throughput"].items():
+            if base and "images_per_s" in r:
+                r["speedup"] = r["images_per_s"] / base
+        best = max(rates, key=rates.get) if rates else "eager"
+        out["best_step"][name] = best
+        for m in sorted(rates):
+            print(f"{name:<12} {m:<14} {rates[m]:>9.0f} img/s  epoch {entry['throughput'][m]['epoch_s']:.3f} s  "
+                  f"warm-up {entry['throughput'][m]['warmup_s']:.1f} s  x{rates[m] / base if base else 0:.2f} "
+                  f"vs eager  parity {entry['parity'][m]['max_rel_diff']:.1e}", flush=True)
+        if not args.no_profile:
+            for mode in dict.fromkeys(["eager", best]):
+                try:
+                    prof = profile(name, mode, splits, device, args.batch_size)
+                except Exception as exc:  # noqa: BLE001
+                    prof = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
+                entry["profile"].append(prof)
+                save()
+                if "error" in prof:
+                    print(f"{name} profile {mode}: {prof['error']}", flush=True)
+                    continue
+                print(f"{name} profile {mode}: wall {prof['wall_ms_per_step_profiled'] or float('nan'):.2f} ms/step "
+                      f"(profiled), device busy {prof['busy_ms_per_step']:.2f} ms/step, "
+                      f"{prof['launches_per_step']:.0f} launches/step; top: "
+                      + "; ".join(f"{t['name'][:40]} {t['share']:.0%}" for t in prof["top"][:4]), flush=True)
+        save()
+    print("best step mode per model:", json.dumps(out["best_step"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
