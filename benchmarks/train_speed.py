@@ -1,6 +1,7 @@
 """Training throughput: localconv's training loop vs a plain PyTorch baseline of the same model.
 
-    python benchmarks/train_speed.py [--device cpu|cuda] [--quick] [--models tf-tutorial,cc-11pct] [--json OUT]
+    python benchmarks/train_speed.py [--device cpu|cuda] [--quick] [--models tf-tutorial,cc-11pct] [--step MODE]
+        [--json OUT]
 
 localconv: the real engine (``Trainer.fit``): uint8 images resident on the device, whole-batch
 augmentation, the fused LRN and local-layer kernels, and on CUDA bf16 autocast + channels_last
@@ -126,13 +127,13 @@ def baseline_images_per_s(model: nn.Module, images: np.ndarray, labels: np.ndarr
 
 # ----------------------------------------------------------------------------- localconv
 def localconv_images_per_s(name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps_per_epoch: int,
-                           epochs: int, device: str, compile_model: bool) -> float:
+                           epochs: int, device: str, compile_model: bool, step: str = "auto") -> float:
     n = steps_per_epoch * batch
     splits = select_splits(images[:n], labels[:n], images[:batch], labels[:batch])
     model = localconv.create_model(name)
     with tempfile.TemporaryDirectory() as tmp:
         options = TrainOptions(recipe="original", epochs=epochs, batch_size=batch, device=device, progress=False,
-                               eval_every=0, checkpoint_every=10**6, compile=compile_model, log_every=0)
+                               eval_every=0, checkpoint_every=10**6, compile=compile_model, log_every=0, step=step)
         trainer = Trainer(model, splits, Path(tmp) / "run", options)
         trainer.fit()
     rates = [r["images_per_s"] for r in trainer.state.history[1:]]  # first epoch = warm-up
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=None, help="alternating measurement rounds")
     p.add_argument("--compile", action="store_true", help="torch.compile localconv's model")
+    p.add_argument("--step", default="auto", choices=("auto", "eager", "fused", "graph"),
+                   help="localconv's training step mode (auto: fused on CUDA, eager on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -181,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
                 best = max(best, rate)
             base_runs.append(best)
             ours_runs.append(localconv_images_per_s(name, images, labels, args.batch_size, steps // 2 + 1, 3,
-                                                    args.device, args.compile))
+                                                    args.device, args.compile, args.step))
             print(f"{name} round {r + 1}: baseline {best:.0f} img/s, localconv {ours_runs[-1]:.0f} img/s",
                   file=sys.stderr)
         base, ours = statistics.median(base_runs), statistics.median(ours_runs)
         results.append({"model": name, "device": str(device), "batch_size": args.batch_size,
                         "baseline_images_per_s": base, "baseline_by_workers": workers_used,
                         "localconv_images_per_s": ours, "speedup": ours / base,
-                        "threads": torch.get_num_threads(), "compile": args.compile})
+                        "threads": torch.get_num_threads(), "compile": args.compile, "step": args.step})
     for r in results:
         print(f"{r['model']:<12} baseline {r['baseline_images_per_s']:8.0f} img/s   localconv "
               f"{r['localconv_images_per_s']:8.0f} img/s   speed-up {r['speedup']:.2f}x")

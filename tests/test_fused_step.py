@@ -177,3 +177,20 @@ def test_fused_step_never_reads_device_values_on_the_host(fake_cifar, tmp_path, 
     assert any(not torch.equal(before[k], v) for k, v in weights(t.model).items())
     with pytest.raises(AssertionError, match="reads a device value"), NoHostReads():
         step.loss.item()
+
+
+def test_warm_up_steps_leave_no_trace(fake_cifar, tmp_path):
+    # What a graph capture (and torch.compile) does first: run steps, then undo them exactly.
+    plain = make_trainer(fake_cifar, tmp_path / "a", step="fused", epochs=2, batch_size=24)
+    warmed = make_trainer(fake_cifar, tmp_path / "b", step="fused", epochs=2, batch_size=24)
+    assert warmed.warm_up() >= 0.0
+    before = weights(warmed.model)
+    warmed.fused.warm_up(3)
+    assert all(torch.equal(before[k], v) for k, v in weights(warmed.model).items())
+    assert int(warmed.fused.step) == 0 and int(warmed.fused.position) == 0
+    plain.fit()
+    warmed.fit()
+    a, b = weights(plain.model), weights(warmed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ea, eb = plain.ema.state_dict(), warmed.ema.state_dict()
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)

@@ -105,8 +105,9 @@ class FusedStep:
         else:
             for _ in range(steps):
                 self._step()
-        for t, s in zip(self._state_tensors(), saved):
-            t.copy_(s)
+        with torch.no_grad():
+            for t, s in zip(self._state_tensors(), saved):
+                t.copy_(s)
         self.trainer.optimizer.zero_grad(set_to_none=True)
 
     def capture_graph(self) -> None:
