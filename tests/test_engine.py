@@ -41,12 +41,14 @@ def test_training_reduces_loss_and_writes_a_run(fake_cifar, tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
 
-def test_resume_is_exact(fake_cifar, tmp_path):
-    straight = make_trainer(fake_cifar, tmp_path / "a", epochs=3, batch_size=24)
+@pytest.mark.parametrize("step", ["eager", "fused"])
+def test_resume_is_exact(fake_cifar, tmp_path, step):
+    straight = make_trainer(fake_cifar, tmp_path / "a", epochs=3, batch_size=24, step=step)
     straight.fit()
-    first = make_trainer(fake_cifar, tmp_path / "b", epochs=1, batch_size=24)
+    first = make_trainer(fake_cifar, tmp_path / "b", epochs=1, batch_size=24, step=step)
     first.fit()
-    resumed = make_trainer(fake_cifar, tmp_path / "b", epochs=3, batch_size=24, resume=True, init_seed=99)
+    resumed = make_trainer(fake_cifar, tmp_path / "b", epochs=3, batch_size=24, resume=True, init_seed=99,
+                           step=step)
     resumed.fit()
     a, b = weights(straight.model), weights(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)

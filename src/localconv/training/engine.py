@@ -125,7 +125,9 @@ class Trainer:
         self.is_main = dist_ctx is None or dist_ctx.is_main
         self.device = ddp.device_for(dist_ctx, resolve_device(options.device))
         self.run_dir = Path(run_dir)
-        self.model = model.to(self.device)
+        # channels_last on every device: cuDNN's and oneDNN's fast convolution and pooling layouts (on the CPU
+        # a cc-11pct step of 128 images takes ~110 ms instead of ~150 ms); before the EMA copy is made
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.full_train_size = int(splits.train_labels.numel())
         if dist_ctx is not None:  # each rank keeps only its shard of every split
             splits = Splits(*(ddp.shard(t, dist_ctx) for t in (splits.train_images, splits.train_labels)),
@@ -161,8 +163,6 @@ class Trainer:
         self.should_stop = False
         self.stop_reason = ""
         self._interrupted = False
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
         if dist_ctx is not None:
             from torch.nn.parallel import DistributedDataParallel
@@ -174,7 +174,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
         self.step_mode = self._resolve_step_mode()
-        self.fused: FusedStep | None = None  # built at the start of fit(), after any resume
+        self.fused: FusedStep | None = None  # see _fused_runner
         if resume:
             self._restore()
 
@@ -311,19 +311,24 @@ class Trainer:
                     self.forward(x).float().sum().backward()
                 self.optimizer.zero_grad(set_to_none=True)
         else:
-            if self.fused is None:
-                self.fused = FusedStep(self, capture=self.step_mode == "graph")
+            fused = self._fused_runner()
             epoch, first = divmod(self.state.step, self.steps_per_epoch)
             plan = draw_epoch_plan(self.splits.train_images.shape[0], self.model.input_spec, self.options.seed,
                                    epoch)
-            self.fused.start_epoch(plan.to(self.device), first)
+            fused.start_epoch(plan.to(self.device), first)
             if self.step_mode == "graph":
-                self.fused.capture_graph()
+                fused.capture_graph()
             elif self.options.compile:
-                self.fused.warm_up(1)
+                fused.warm_up(1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+    def _fused_runner(self) -> FusedStep:
+        # built on first use, after any resume: it holds the optimizer's momentum buffers
+        if self.fused is None:
+            self.fused = FusedStep(self, capture=self.step_mode == "graph")
+        return self.fused
 
     def _fused_step(self, fused: FusedStep, last_in_epoch: bool) -> torch.Tensor:
         """One device-side step; the host only keeps its own counters and polls now and then."""
@@ -412,9 +417,7 @@ class Trainer:
         # each rank draws its own plan over its own shard
         plan_seed = self.options.seed + (1_000_003 * self.dist.rank if self.dist else 0)
         mean = mean if self.model.needs_pixel_mean() else None
-        if self.step_mode != "eager" and self.fused is None:
-            self.fused = FusedStep(self, capture=self.step_mode == "graph")
-        fused = self.fused
+        fused = self._fused_runner() if self.step_mode != "eager" else None
         try:
             while s.step < self.total_steps and not self.should_stop:
                 epoch, first = divmod(s.step, self.steps_per_epoch)
@@ -435,8 +438,7 @@ class Trainer:
                     else:
                         b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
                         x = train_batch(images[b.order], b, spec, mean)
-                        if self.device.type == "cuda":
-                            x = x.contiguous(memory_format=torch.channels_last)
+                        x = x.contiguous(memory_format=torch.channels_last)
                         skipped = s.skipped_steps
                         loss = self.train_step(x, labels[b.order])
                         if s.skipped_steps == skipped:  # skipped (non-finite) batches stay out of the mean

@@ -47,8 +47,7 @@ def predict_probs(model: Classifier, images: torch.Tensor, views: str = "single"
         acc = None
         for view, flip in VIEW_SETS[views]:
             x = eval_batch(chunk, spec, mean, view=view, flip=flip)
-            if device_type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # the convolutions' fast layout on CPU and GPU
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
                 p = model.predict_proba(x).float()
             acc = p if acc is None else acc + p

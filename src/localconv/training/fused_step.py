@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.augment import EpochPlan, train_batch
+from ..errors import LocalconvError
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -39,7 +40,6 @@ class FusedStep:
         self.batch = trainer.local_batch
         self.images, self.labels = trainer.splits.train_images, trainer.splits.train_labels
         self.spec = trainer.model.input_spec
-        self.channels_last = device.type == "cuda"
         self.plan = EpochPlan(torch.zeros(n, dtype=torch.long, device=device),
                               torch.zeros(n, 2, dtype=torch.long, device=device),
                               torch.zeros(n, dtype=torch.bool, device=device),
@@ -114,8 +114,12 @@ class FusedStep:
         """Warm up, then record one step as a CUDA graph (replayed by :meth:`run`)."""
         self.warm_up()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()
+        except RuntimeError as exc:  # e.g. an op that synchronizes; the eager and fused steps still work
+            raise LocalconvError(f"--step graph: capturing the training step as a CUDA graph failed ({exc}); "
+                                 "use --step fused") from exc
         self.graph = graph
 
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -134,8 +138,7 @@ class FusedStep:
         plan = EpochPlan(*(t[rows] for t in _fields(self.plan)))
         mean = trainer.model.pixel_mean if trainer.model.needs_pixel_mean() else None
         x = train_batch(self.images[plan.order], plan, self.spec, mean)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)  # the model's layout (see Trainer)
         for p in trainer.model.parameters():  # backward assigns fresh gradients (graph-pool memory when captured)
             p.grad = None
         with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
