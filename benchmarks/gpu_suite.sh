@@ -12,6 +12,7 @@
 #   tf         tf-tutorial, fast recipe, full JPEG training set, 30 epochs, seeds 0,1,2: test accuracy, time, img/s
 #   cc         cc-11pct, fast recipe, 40 epochs, seeds 0,1,2: test accuracy single / flip / 10-view
 #   cc-orig    cc-11pct, the original recipe (per-layer epsW/momW/wc, batch 128), schedule shortened to 12 epochs
+#   tf-orig    tf-tutorial, the original recipe (plain SGD lr 0.1, batch 128, EMA 0.9999), 6 epochs
 #   speed      train_speed.py: localconv training loop vs a plain PyTorch baseline, images/s
 # Data: --data DIR (default data-local/cifar10-jpeg, copied from ../shared/datasets/cifar10-jpeg), the JPEG copy
 # of CIFAR-10: quote its accuracies as such (about 3-4 points below lossless CIFAR-10).
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 OUT_DIR="${OUT:-benchmarks/results}"
 DATA="data-local/cifar10-jpeg"
-ONLY="env,local,steps,tf,cc,cc-orig,speed"
+ONLY="env,local,steps,tf,cc,cc-orig,tf-orig,speed"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -77,8 +78,8 @@ except ImportError:
     info['triton'] = None
 print(json.dumps(info)); open('$OUT_DIR/env.json', 'w').write(json.dumps(info))
 "
-stage local 70 "${LOCAL_CMD[@]}"
-stage steps 140 "$PY" benchmarks/step_profile.py --data "$DATA" "${STEPS_ARGS[@]}" --json "$OUT_DIR/step_profile.json"
+stage local 60 "${LOCAL_CMD[@]}"
+stage steps 135 "$PY" benchmarks/step_profile.py --data "$DATA" "${STEPS_ARGS[@]}" --json "$OUT_DIR/step_profile.json"
 best_step() {  # the steps stage's fastest mode for model $1 that passed parity; --step auto without it
   "$PY" - "$OUT_DIR/step_profile.json" "$1" <<'PYEOF' 2>/dev/null || echo "--step auto"
 import json, sys
@@ -94,12 +95,15 @@ echo "step modes: tf-tutorial $TF_STEP, cc-11pct $CC_STEP"
 stage tf 75 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes fast --seeds 0,1,2 \
   $TF_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_fast.json"
 # shellcheck disable=SC2086
-stage cc 100 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes fast --seeds 0,1,2 \
+stage cc 95 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes fast --seeds 0,1,2 \
   $CC_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_fast.json"
 # shellcheck disable=SC2086
-stage cc-orig 40 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes original --seeds 0 \
+stage cc-orig 35 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct --recipes original --seeds 0 \
   --epochs original:cc-11pct=12 $CC_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/cc_original.json"
-stage speed 35 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
+# shellcheck disable=SC2086
+stage tf-orig 30 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes original --seeds 0 \
+  --epochs original:tf-tutorial=6 $TF_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_original.json"
+stage speed 30 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
 
 "$PY" - "$OUT_DIR" <<'PYEOF'
 import json, pathlib, sys

@@ -194,3 +194,17 @@ def test_warm_up_steps_leave_no_trace(fake_cifar, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ea, eb = plain.ema.state_dict(), warmed.ema.state_dict()
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+@pytest.mark.slow
+def test_torch_compile_on_the_cpu_trains_like_eager(fake_cifar, tmp_path):
+    # Inductor on the CPU (the local layers stay opaque, see nn/functional.py); 2 steps, compiled vs not.
+    torch._dynamo.reset()
+    opts = dict(model_name="cc-11pct", recipe="fast", epochs=0.5, batch_size=24, step="fused")
+    plain = make_trainer(fake_cifar, tmp_path / "plain", **opts)
+    plain.fit()
+    compiled = make_trainer(fake_cifar, tmp_path / "compiled", compile=True, **opts)
+    assert compiled.warm_up() > 0
+    compiled.fit()
+    assert compiled.state.step == plain.state.step == 2
+    assert_close_state(plain.model, compiled.model, tol=1e-4)

@@ -189,4 +189,15 @@ def local_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"input, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}, "
                          f"{bias.dtype if bias is not None else None}")
     chosen = select_backend(x, weight, bias, backend)
+    if chosen == "portable":
+        return _portable_apply(x, weight, bias, stride, pads)
     return _LocalConv2dFunction.apply(x, weight, bias, stride, pads, chosen, _KEEP_COLS)
+
+
+@torch.compiler.disable
+def _portable_apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                    pads: tuple[int, int, int, int]) -> torch.Tensor:
+    # Opaque to torch.compile: tracing the chunk loops unrolls them (cc-11pct took 7 minutes to compile on
+    # 2 CPU cores); they are already whole-batch GEMMs, so compiling them gains nothing. (The Triton
+    # backend is a custom op, opaque by construction.)
+    return _LocalConv2dFunction.apply(x, weight, bias, stride, pads, "portable", _KEEP_COLS)
