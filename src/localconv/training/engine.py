@@ -2,8 +2,10 @@
 
 A reader should be able to hold this file in their head: :class:`Trainer` prepares
 data, optimizer, schedule and EMA from a model and :class:`TrainOptions`, then
-:meth:`Trainer.fit` runs epochs of steps. Callbacks (diagnostics, TensorBoard) get the
-model after ``backward`` and after each optimizer step. Randomness comes from
+:meth:`Trainer.fit` runs epochs of steps, each either :meth:`Trainer.train_step` (eager)
+or the device-side :class:`~localconv.training.fused_step.FusedStep` (``--step fused`` /
+``graph``, see docs/speed.md). Callbacks (diagnostics, TensorBoard) get the model after
+``backward`` (eager only) and after each optimizer step. Randomness comes from
 ``(seed, epoch)`` alone (see :mod:`localconv.data.augment`), so a run resumed from any
 checkpoint, also one written mid-epoch on Ctrl-C, ends with the same weights as an
 uninterrupted run on the CPU.
