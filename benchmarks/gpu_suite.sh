@@ -14,6 +14,9 @@
 #   cc-orig    cc-11pct, the original recipe (per-layer epsW/momW/wc, batch 128), schedule shortened to 12 epochs
 #   tf-orig    tf-tutorial, the original recipe (plain SGD lr 0.1, batch 128, EMA 0.9999), 6 epochs
 #   speed      train_speed.py: localconv training loop vs a plain PyTorch baseline, images/s
+# Not in the default run (--only long, or --only steps,long to pick the step mode first):
+#   long       how accuracy grows with the epoch budget: cc-11pct fast 80 epochs and tf-tutorial fast 60 epochs,
+#              seed 0 each (for choosing the fast recipe's default once a step is fast enough to afford it)
 # Data: --data DIR (default data-local/cifar10-jpeg, copied from ../shared/datasets/cifar10-jpeg), the JPEG copy
 # of CIFAR-10: quote its accuracies as such (about 3-4 points below lossless CIFAR-10).
 # --smoke runs every stage on the CPU with tiny settings (CI checks that the script works).
@@ -103,6 +106,9 @@ stage cc-orig 35 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc
 # shellcheck disable=SC2086
 stage tf-orig 30 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models tf-tutorial --recipes original --seeds 0 \
   --epochs original:tf-tutorial=6 $TF_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/tf_original.json"
+# shellcheck disable=SC2086
+stage long 240 "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --models cc-11pct,tf-tutorial --recipes fast \
+  --seeds 0 --epochs fast:cc-11pct=80,fast:tf-tutorial=60 $CC_STEP "${TTA_ARGS[@]}" --json "$OUT_DIR/long.json"
 stage speed 30 "$PY" benchmarks/train_speed.py "${SPEED_ARGS[@]}" --json "$OUT_DIR/train_speed.json"
 
 "$PY" - "$OUT_DIR" <<'PYEOF'
