@@ -127,8 +127,8 @@ class Trainer:
         self.is_main = dist_ctx is None or dist_ctx.is_main
         self.device = ddp.device_for(dist_ctx, resolve_device(options.device))
         self.run_dir = Path(run_dir)
-        # channels_last on every device: cuDNN's and oneDNN's fast convolution and pooling layouts (on the CPU
-        # a cc-11pct step of 128 images takes ~110 ms instead of ~150 ms); before the EMA copy is made
+        # channels_last on every device: cuDNN's and oneDNN's fast convolution and pooling layout (on the CPU it
+        # took train_speed.py from 1.52x to 1.93x the baseline for cc-11pct, BENCHMARKS.md); before the EMA copy
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.full_train_size = int(splits.train_labels.numel())
         if dist_ctx is not None:  # each rank keeps only its shard of every split
