@@ -197,7 +197,7 @@ def local_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 @torch.compiler.disable
 def _portable_apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
                     pads: tuple[int, int, int, int]) -> torch.Tensor:
-    # Opaque to torch.compile: tracing the chunk loops unrolls them (cc-11pct took 7 minutes to compile on
+    # Opaque to torch.compile: tracing the chunk loops unrolls them (compiling cc-11pct took minutes on
     # 2 CPU cores); they are already whole-batch GEMMs, so compiling them gains nothing. (The Triton
     # backend is a custom op, opaque by construction.)
     return _LocalConv2dFunction.apply(x, weight, bias, stride, pads, "portable", _KEEP_COLS)
