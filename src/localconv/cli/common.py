@@ -4,10 +4,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalconvError
-from ..models.base import Classifier
+
+if TYPE_CHECKING:  # the parser is built without torch (see cli/main.py); models import it
+    from ..models.base import Classifier
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help, once: not when the help already speaks of its default
+    ("default: the recipe's"), and not for defaults that say nothing (None, False, an empty value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        says_nothing = default is None or default is False or default == "" or default == argparse.SUPPRESS
+        flag_on = action.nargs == 0 and default is True  # store_false: "--no-x" is described by its help
+        if "default" in text.lower() or says_nothing or flag_on or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _int_at_least(minimum: int, text: str) -> int:

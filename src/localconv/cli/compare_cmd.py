@@ -8,8 +8,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="compare runs: one table, PNG plots and a Markdown/HTML report",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("compare", help="compare runs: one table, PNG plots and a Markdown/HTML report")
     p.add_argument("runs", nargs="+", type=Path, help="run folders written by `localconv train`")
     p.add_argument("--out", type=Path, default=Path("compare"), help="folder for the report and its plots")
     p.add_argument("--format", choices=("md", "html"), default="md", help="report format")
@@ -19,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..optional_deps import require
+
+    require("matplotlib.pyplot", "localconv compare (its plots)", "matplotlib")  # before anything is created
     from ..reports.compare import compare_rows, format_table, load_runs, write_report
 
     runs = load_runs(args.runs)

@@ -12,7 +12,7 @@ from .common import (add_data_args, add_device_arg, add_model_args, load_data, m
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..diagnostics.doctor import DoctorOptions
+    from ..diagnostics.options import DoctorOptions
 
     d = DoctorOptions()
     p = sub.add_parser(
@@ -20,13 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a few hundred steps on a subset of the data with the model's own learning parameters, "
                     "watching every layer (activations, dead units, gradients, update sizes), then print a verdict: "
                     "each problem with its layer, a plain-language cause and a fix. Exit code 0: healthy, 1: "
-                    "problems found, 2: bad input.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "problems found, 2: bad input.")
     add_model_args(p)
     add_data_args(p)
     add_device_arg(p)
     p.add_argument("--steps", type=positive_int, default=d.steps, help="training steps to watch")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="minibatch size")
     p.add_argument("--limit-train", type=positive_int, default=d.limit_train, help="training images used")
     p.add_argument("--val-images", type=non_negative_int, default=d.val_images,
                    help="training images held out to report an accuracy")

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="test set, or the run's own validation split")
     p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="images per evaluation batch")
     p.add_argument("--confusion", type=Path, default=None, help="write the confusion matrix (.csv or .png)")
     p.add_argument("--reliability", type=Path, default=None, help="write a reliability diagram (.png)")
     p.add_argument("--calibrate", action="store_true",
@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if args.reliability is not None and (args.reliability.suffix.lower() != ".png"
                                          or not args.reliability.absolute().parent.is_dir()):
         raise LocalconvError(f"--reliability {args.reliability}: give a .png file in an existing folder")
+    for option, path in (("--confusion", args.confusion), ("--reliability", args.reliability)):
+        if path is not None and path.suffix.lower() == ".png":  # plots need matplotlib: checked before any work
+            from ..optional_deps import require
+
+            require("matplotlib.pyplot", f"{option} {path}", "matplotlib")
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
     data_args = meta.get("data", {}).get("args", {})

@@ -12,10 +12,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("images", nargs="+", type=Path, help="image files (any size; resized to 32x32)")
-    p.add_argument("--top-k", type=positive_int, default=3)
-    p.add_argument("--views", choices=("single", "flip", "multiview"), default="single")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image, most probable first")
+    p.add_argument("--views", choices=("single", "flip", "multiview"), default="single",
+                   help="average the softmax over the centre view (single), it and its mirror (flip), or 10 "
+                        "views: 4 corners + centre and their mirrors (multiview)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="averaged (ema; raw if the recipe keeps none) or raw weights")
+    p.add_argument("--json", action="store_true", help="print one JSON list: per image, its top-k classes and "
+                                                       "probabilities")
     add_device_arg(p)
     p.set_defaults(func=run)
 

@@ -10,14 +10,15 @@ from typing import Any
 from ..errors import CheckpointError, LocalconvError
 from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
                      positive_float, positive_int)
+from .train_options import check_resume_data, check_resume_options, out_folder, record_given, seed_value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics.jsonl and run.json to --out",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics.jsonl and run.json to --out")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", type=out_folder, required=True,
+                   help="run folder: new, empty, or a run of localconv (other folders are refused)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--recipe", choices=("original", "fast"), default=None,
                    help="training procedure (default: original on CPU, fast on CUDA)")
@@ -27,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply every learning rate")
     p.add_argument("--schedule", default=None,
                    help='phases "EPOCHS:MULT,..." of learning-rate multipliers, e.g. "350:1,150:1,10:0.1,10:0.01"')
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seed of the initialization, the data order and the augmentation")
     add_device_arg(p)
     p.add_argument("--limit-train", type=positive_int, default=None, help="train on N images only")
     p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="write TensorBoard scalars and histograms (to DIR, default the run folder)")
     diag.add_argument("--tb-every", type=positive_int, default=100, help="steps between TensorBoard writes")
     p.set_defaults(func=run)
+    record_given(p)  # last: --resume refuses exactly the options typed (train_options.py)
 
 
 def diagnostic_callbacks(args: argparse.Namespace, out: Path) -> list[Any]:
@@ -77,12 +80,14 @@ OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "
 DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split")
 
 
-def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """Options, data arguments and model of the run being resumed (explicit CLI values win for a few keys)."""
+def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Any, dict[str, Any]]:
+    """Options, data arguments, model and run.json of the run being resumed; options given on the command line
+    are applied or refused as train_options.py says."""
     from ..models.registry import build_model_from_spec
     from ..training.checkpoint import read_meta
 
     meta = read_meta(args.out)
+    check_resume_options(args, meta)
     options = dict(meta["options"])
     if args.epochs is not None:  # allow extending a finished run
         options["epochs"] = args.epochs
@@ -91,9 +96,14 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         options["device"] = args.device
     if args.step != "auto":  # how steps run does not change what they compute
         options["step"] = args.step
+    for key in ("compile", "eval_every", "checkpoint_every"):  # speed, or what is logged and when
+        if key in getattr(args, "_given", ()):
+            options[key] = getattr(args, key)
     data_args = dict(meta["data"].get("args", {}))
     if args.data:
         data_args["data"] = str(Path(args.data).resolve())
+    if args.cache_dir:
+        data_args["cache_dir"] = str(Path(args.cache_dir).resolve())
     if args.model or args.cfg:  # the run's own model is resumed: a different one given here is a mistake
         from ..models.registry import model_spec
 
@@ -101,7 +111,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
             raise CheckpointError(f"{args.out}: --resume continues the run's own model "
                                   f"({meta['model'].get('name') or 'a cfg model'}), not the one given with "
                                   "--model/--cfg; omit them, or choose another --out for a new run")
-    return options, data_args, build_model_from_spec(meta["model"])
+    return options, data_args, build_model_from_spec(meta["model"]), meta
 
 
 def _model_identity(spec: dict[str, Any]) -> dict[str, Any]:
@@ -117,18 +127,21 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import RUN_FILE
     from ..training.engine import TrainOptions
 
+    from ..training.run_folder import RunFolder
+
     out: Path = args.out
-    resume = bool(args.resume and (out / RUN_FILE).exists())
-    if (out / RUN_FILE).exists() and not args.resume:
+    if args.tensorboard is not None:  # optional dependencies are checked before anything is created
+        from ..optional_deps import require
+
+        require("torch.utils.tensorboard", "--tensorboard", "tensorboard")
+    folder = RunFolder(out)  # refuses a file, or a folder that is not a run, before any work (run_folder.py)
+    resume = bool(args.resume and folder.state == "run")
+    if folder.state == "run" and not args.resume:
         raise LocalconvError(f"{out} already holds a run; use --resume to continue it or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise LocalconvError(f"--out {out} exists and is not a folder")
-    if not out.exists():  # missing folders are created (like mkdir -p), but not through a file
-        ancestor = next(p for p in out.absolute().parents if p.exists())
-        if not ancestor.is_dir():
-            raise LocalconvError(f"--out {out}: {ancestor} is not a folder")
+    committed = (out / RUN_FILE).read_bytes() if resume else None  # must be unchanged once the folder is locked
+    meta: dict[str, Any] | None = None
     if resume:
-        options_d, data_args, model = _resume_args(args)
+        options_d, data_args, model, meta = _resume_args(args)
         names = {f.name for f in fields(TrainOptions)}
         try:
             options = TrainOptions(**{k: v for k, v in options_d.items() if k in names})
@@ -158,12 +171,15 @@ def run(args: argparse.Namespace) -> int:
     info = {"source": data.source, "args": data_args, "n_train": int(splits.train_labels.numel()),
             "n_val": int(splits.val_labels.numel()) if splits.val_labels is not None else 0,
             "n_test": int(splits.test_labels.numel())}
+    if meta is not None:
+        check_resume_data(out, meta, list(data.classes), info["n_train"])
     from ..training import distributed as ddp
 
     dist_ctx = ddp.from_environment(options.device)
     callbacks = diagnostic_callbacks(args, out) if dist_ctx is None or dist_ctx.is_main else []
     try:
-        return _fit(model, splits, out, options, info, list(data.classes), resume, dist_ctx, callbacks)
+        return _fit(model, splits, (folder, committed), options, info, list(data.classes), resume, dist_ctx,
+                    callbacks)
     finally:
         for cb in callbacks:
             if hasattr(cb, "close"):
@@ -171,9 +187,11 @@ def run(args: argparse.Namespace) -> int:
         ddp.shutdown(dist_ctx)
 
 
-def _fit(model, splits, out, options, info, classes, resume, dist_ctx, callbacks=()) -> int:  # noqa: ANN001
+def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbacks=()) -> int:  # noqa: ANN001
     from ..training.engine import Trainer
 
+    folder, committed = where
+    out = folder.out
     trainer = Trainer(model, splits, out, options, data_info=info, classes=classes, resume=resume,
                       dist_ctx=dist_ctx, callbacks=callbacks)
     if not trainer.is_main:
@@ -182,7 +200,16 @@ def _fit(model, splits, out, options, info, classes, resume, dist_ctx, callbacks
     world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
     say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
           f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
-    state = trainer.fit()
+    if trainer.is_main:  # every check has passed: now the folder is created and locked
+        folder.open(expect_run_json=committed)
+    try:
+        state = trainer.fit()
+    except BaseException:
+        if trainer.is_main:
+            folder.close(failed=True)  # without a committed checkpoint, removes what this run created
+        raise
+    if trainer.is_main:
+        folder.close(failed=False)
     if trainer.stop_reason == "interrupted":
         say(f"interrupted: checkpoint written at step {state.step}; continue with "
             f"`localconv train --resume --out {out}`")

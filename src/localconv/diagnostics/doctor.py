@@ -22,31 +22,7 @@ from ..errors import LocalconvError
 from ..models.base import Classifier
 from .checks import Finding, run_checks
 from .monitor import LayerMonitor, LayerStats, MonitorHistory
-
-
-@dataclass
-class DoctorOptions:
-    """How long and on what the doctor trains (defaults: well under a minute on two CPU cores for tf-tutorial)."""
-
-    steps: int = 200
-    batch_size: int = 32
-    limit_train: int = 5000      # training images used (a subset keeps the data on the device small)
-    val_images: int = 1000       # held out from the training set to report an accuracy
-    every: int = 5               # monitor one step in ``every``
-    dense_start: int = 10        # and each of the first steps
-    recipe: str = "original"
-    lr: float | None = None
-    lr_scale: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = False
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "limit_train", "every"):
-            if getattr(self, name) < 1:
-                raise LocalconvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.val_images < 0:
-            raise LocalconvError(f"--val-images must be >= 0, got {self.val_images}")
+from .options import DoctorOptions
 
 
 @dataclass
