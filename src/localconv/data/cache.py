@@ -25,7 +25,7 @@ from .cifar_data import CifarData
 
 CACHE_ENV = "LOCALCONV_CACHE"
 # Bump when decoding changes so that caches written by older code are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: 16-bit/alpha/EXIF rules, folder listing and read options in the key
 _TEMP_PREFIX = ".tmp-"
 _STALE_TEMP_SECONDS = 24 * 3600
 
@@ -36,9 +36,12 @@ def default_cache_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "localconv"
 
 
-def fingerprint(kind: str, root: Path, files: Iterable[Path]) -> str:
-    """A short hex key for ``root`` read as ``kind``: its resolved path + each file's size and mtime."""
+def fingerprint(kind: str, root: Path, files: Iterable[Path], listing: Iterable[str] = ()) -> str:
+    """A short hex key for ``root`` read as ``kind``: its resolved path, each file's name, size and mtime,
+    and ``listing`` (folder names that hold no file, read options): any change gives another key."""
     digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}\0{kind}\0{root.resolve()}\0".encode())
+    for entry in listing:
+        digest.update(f"listing\0{entry}\0".encode())
     for file in files:
         try:
             stat = file.stat()

@@ -4,38 +4,51 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import DataError
 from .cache import decoded_cache_path, default_cache_dir, fingerprint, load_decoded, save_decoded
 from .cifar_data import CifarData
-from .download import CIFAR10_PYTHON_ARCHIVE, CIFAR10_PYTHON_MD5, CIFAR10_PYTHON_URL, download_file, verify_md5
-from .formats import detect_source, python_release_archive
+from .download import OFFICIAL_RELEASES, download_file, verify_md5
+from .formats import DataOptions, detect_source, python_release_archive
+from .images import DEFAULT_RESIZE
 
 
 def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True, url: str = CIFAR10_PYTHON_URL, md5: str = CIFAR10_PYTHON_MD5) -> CifarData:
-    """Load CIFAR-10 (or any dataset in an accepted layout) as uint8 arrays.
+                 progress: bool = True, url: str | None = None, md5: str | None = None, *,
+                 labels: str | None = None, resize: str = DEFAULT_RESIZE, dataset: str = "cifar10") -> CifarData:
+    """Load CIFAR-10, CIFAR-100 or any dataset in an accepted layout as uint8 arrays.
 
     ``source``: a path in one of the layouts of :mod:`localconv.data.formats`; None means the
-    official python release in the cache folder, downloaded from ``url`` (md5-checked) if absent.
+    official python release named by ``dataset`` ('cifar10' or 'cifar100') in the cache folder,
+    downloaded from ``url`` (md5-checked) if absent. ``labels``: CIFAR-100's 'fine' (default) or
+    'coarse' labels. ``resize``: 'none' (image trees must be 32x32) or 'shorter-side'.
     ``cache_dir``: default ``$LOCALCONV_CACHE`` or ``~/.cache/localconv``. The decoded arrays are
-    cached there, so a second load of the same, unchanged source skips decoding.
+    cached there, so a second load of the same, unchanged source with the same options skips decoding.
+    The returned data's ``classes`` / ``num_classes`` say how many outputs a classifier needs.
     """
+    options = DataOptions(labels, resize)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     archive_to_verify = None
     if source is None:
-        archive = cache_root / CIFAR10_PYTHON_ARCHIVE
-        if archive.is_file():
+        if dataset not in OFFICIAL_RELEASES:
+            raise DataError(f"--dataset must be one of {', '.join(OFFICIAL_RELEASES)}, got {dataset!r}")
+        default_url, default_md5, file_name = OFFICIAL_RELEASES[dataset]
+        url, md5 = url or default_url, md5 or default_md5
+        archive = cache_root / file_name
+        if os.path.lexists(archive):
             archive_to_verify = archive  # placed there by hand or by an older run: check before decoding
         else:
             download_file(url, archive, md5, progress=progress)  # verified while downloading
-        dataset = python_release_archive(archive)
+        data_source = python_release_archive(archive, options, cifar100=dataset == "cifar100")
     else:
-        dataset = detect_source(source)
-    cache_file = decoded_cache_path(cache_root, dataset.kind, fingerprint(dataset.kind, dataset.path, dataset.files))
-    cached = load_decoded(cache_file, dataset.description)
+        data_source = detect_source(source, options)
+    key = fingerprint(data_source.kind, data_source.path, data_source.files, data_source.listing)
+    cache_file = decoded_cache_path(cache_root, data_source.kind, key)
+    cached = load_decoded(cache_file, data_source.description)
     if cached is not None:
         return cached
     if archive_to_verify is not None:
         verify_md5(archive_to_verify, md5)
-    data = dataset.read(progress)
+    data = data_source.read(progress)
     save_decoded(cache_file, data)
     return data
+

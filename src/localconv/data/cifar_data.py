@@ -27,10 +27,14 @@ class CifarData:
     classes: list[str]  # index -> name
     source: str  # human-readable description of where it came from (format + path)
 
+    @property
+    def num_classes(self) -> int:
+        """How many classes the data has (the classifier's number of outputs); labels are 0..num_classes-1."""
+        return len(self.classes)
+
     def validate(self) -> None:
-        """Raise :class:`DataError` unless shapes, dtypes and label ranges are consistent."""
-        if not self.classes:
-            raise DataError(f"{self.source}: no class names")
+        """Raise :class:`DataError` unless shapes, dtypes, class names and label ranges are consistent."""
+        check_class_names(self.classes, self.source)
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
@@ -43,6 +47,19 @@ class CifarData:
             if images.shape[0] == 0:
                 raise DataError(f"{self.source}: the {split} split holds no images")
             check_label_range(labels, len(self.classes), f"{self.source}: {split} labels")
+
+
+def check_class_names(classes: list[str], where: str) -> None:
+    """Refuse an empty list, a blank name or a name given twice (two labels would print the same)."""
+    if not classes:
+        raise DataError(f"{where}: no class names")
+    seen: set[str] = set()
+    for index, name in enumerate(classes):
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: class name {index} is empty ({name!r})")
+        if name in seen:
+            raise DataError(f"{where}: class name {name!r} occurs twice (labels {classes.index(name)} and {index})")
+        seen.add(name)
 
 
 def check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:

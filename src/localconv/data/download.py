@@ -1,8 +1,9 @@
-"""Download of the official CIFAR-10 python release into the cache folder (md5-verified, atomic)."""
+"""Download of the official CIFAR-10 / CIFAR-100 python releases into the cache folder (md5-verified, atomic)."""
 from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,24 +12,34 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from .cache import atomic_file
+from .files import open_regular
 
 CIFAR10_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_PYTHON_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_PYTHON_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR100_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_PYTHON_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_PYTHON_ARCHIVE = "cifar-100-python.tar.gz"
+# --dataset NAME -> (url, md5, archive file name in the cache folder)
+OFFICIAL_RELEASES = {
+    "cifar10": (CIFAR10_PYTHON_URL, CIFAR10_PYTHON_MD5, CIFAR10_PYTHON_ARCHIVE),
+    "cifar100": (CIFAR100_PYTHON_URL, CIFAR100_PYTHON_MD5, CIFAR100_PYTHON_ARCHIVE),
+}
 
 _CHUNK = 1 << 20
 
 
 def _offline_help(url: str, md5: str, dest: Path) -> str:
     return (f"download {url} (md5 {md5}) on a machine with network access, then either pass "
-            f"--data PATH/TO/{CIFAR10_PYTHON_ARCHIVE} or copy it to {dest} "
+            f"--data PATH/TO/{dest.name} or copy it to {dest} "
             f"(the cache folder is $LOCALCONV_CACHE, default ~/.cache/localconv)")
 
 
 def file_md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
+    fd, _ = open_regular(path)
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(fd, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
     except OSError as exc:

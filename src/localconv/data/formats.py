@@ -4,6 +4,8 @@ Accepted (see docs/data.md):
 
 * the official python release: ``cifar-10-python.tar.gz`` or its folder ``cifar-10-batches-py/``;
 * the official binary release: ``cifar-10-binary.tar.gz`` or its folder ``cifar-10-batches-bin/``;
+* the CIFAR-100 python release: ``cifar-100-python.tar.gz`` or its folder ``cifar-100-python/``
+  (``train``, ``test``, ``meta``), read with its fine or coarse labels (:class:`DataOptions`);
 * an image-folder tree ``train/<class>/*`` + ``test/<class>/*`` (classes = sorted folder names);
 * a folder holding ``train.tar.gz`` + ``test.tar.gz`` of such trees;
 * a folder that contains one of the above under its official name.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,24 +25,45 @@ from tqdm import tqdm
 from ..errors import DataError
 from .archive import first_member_top, iter_archive
 from .cifar_data import CifarData
+from .files import MAX_BATCH_BYTES, check_file_or_folder, read_regular_file
 from .image_tree import SPLITS, ImageTree, add_archive_split, list_tree_files
-from .releases import BINARY_RELEASE, BINARY_TOP, PYTHON_RELEASE, PYTHON_TOP, Release, assemble_release
+from .images import DEFAULT_RESIZE, RESIZE_MODES
+from .releases import (BINARY_RELEASE, BINARY_TOP, CIFAR100_META, CIFAR100_TOP, LABEL_SETS, PYTHON_RELEASE,
+                       PYTHON_TOP, Release, assemble_release, cifar100_release)
 
 SPLIT_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # Official names looked for inside a folder that is none of the layouts itself.
-CONTAINED_NAMES = (PYTHON_TOP, BINARY_TOP, "cifar-10-python.tar.gz", "cifar-10-binary.tar.gz")
+CONTAINED_NAMES = (PYTHON_TOP, BINARY_TOP, CIFAR100_TOP, "cifar-10-python.tar.gz", "cifar-10-binary.tar.gz",
+                   "cifar-100-python.tar.gz")
 
 ACCEPTED = ("accepted: the CIFAR-10 python release (cifar-10-python.tar.gz or the folder cifar-10-batches-py/ "
             "with data_batch_1..5, test_batch, batches.meta), the binary release (cifar-10-binary.tar.gz or "
-            "cifar-10-batches-bin/ with data_batch_1..5.bin, test_batch.bin, batches.meta.txt), an image-folder "
+            "cifar-10-batches-bin/ with data_batch_1..5.bin, test_batch.bin, batches.meta.txt), the CIFAR-100 "
+            "python release (cifar-100-python.tar.gz or cifar-100-python/ with train, test, meta), an image-folder "
             "tree (train/<class>/*, test/<class>/*), or a folder holding train.tar.gz and test.tar.gz of such trees")
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read a source: CIFAR-100's label set and the image-size rule of image trees."""
+
+    labels: str | None = None  # 'fine' | 'coarse' (CIFAR-100 only; None = fine)
+    resize: str = DEFAULT_RESIZE  # 'none' | 'shorter-side' (image trees; see images.prepare_image)
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and self.labels not in LABEL_SETS:
+            raise DataError(f"--labels must be one of {', '.join(LABEL_SETS)}, got {self.labels!r}")
+        if self.resize not in RESIZE_MODES:
+            raise DataError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+
+    @property
+    def tag(self) -> str:
+        """What distinguishes two reads of the same files (part of the cache key)."""
+        return f"labels={self.labels or 'fine'};resize={self.resize}"
+
+
 def read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return read_regular_file(path, MAX_BATCH_BYTES)
 
 
 @dataclass
@@ -52,6 +75,7 @@ class DatasetSource:
     description: str
     files: list[Path]  # every file the data is read from (their sizes and mtimes key the cache)
     reader: Callable[[bool], CifarData]
+    listing: list[str] = field(default_factory=list)  # more of what keys the cache (folder names, options)
 
     def read(self, progress: bool = True) -> CifarData:
         data = self.reader(progress)
@@ -63,12 +87,12 @@ def _release_folder(release: Release, kind: str, folder: Path) -> DatasetSource:
     description = f"{release.label} (folder {folder})"
 
     def read(progress: bool) -> CifarData:
-        present = [name for name in release.all_names if (folder / name).is_file()]
+        present = [name for name in release.all_names if os.path.lexists(folder / name)]
         files = {name: read_file(folder / name)
                  for name in tqdm(present, desc=f"reading {folder.name}", disable=not progress)}
         return assemble_release(release, files, str(folder), f"{folder}{os.sep}", description)
 
-    present_files = [folder / name for name in release.all_names if (folder / name).is_file()]
+    present_files = [folder / name for name in release.all_names if os.path.lexists(folder / name)]
     return DatasetSource(kind, folder, description, present_files, read)
 
 
@@ -77,29 +101,53 @@ def _release_archive(release: Release, kind: str, archive: Path) -> DatasetSourc
 
     def read(progress: bool) -> CifarData:
         files: dict[str, bytes] = {}
-        for member in iter_archive(archive, progress, desc=f"reading {archive.name}"):
+        for member in iter_archive(archive, progress, desc=f"reading {archive.name}", member_limit=MAX_BATCH_BYTES):
             if len(member.parts) != 2 or member.parts[0] != release.top or member.parts[1] not in release.all_names:
                 continue  # readme.html and anything else
-            if not member.info.isfile():
-                raise DataError(f"{archive}:{member.name}: not a regular file")
-            files[member.parts[1]] = member.read()
+            if member.info.isfile():
+                files[member.parts[1]] = member.read()
         return assemble_release(release, files, str(archive), f"{archive}:{release.top}/", description)
 
     return DatasetSource(kind, archive, description, [archive], read)
 
 
-def python_release_archive(archive: Path) -> DatasetSource:
-    """The official python-release archive at ``archive``, without sniffing it (it is md5-checked instead)."""
-    return _release_archive(PYTHON_RELEASE, "python", archive.expanduser().resolve())
+def python_release_archive(archive: Path, options: DataOptions | None = None,
+                           cifar100: bool = False) -> DatasetSource:
+    """An official python-release archive (CIFAR-10, or CIFAR-100 with ``cifar100``), without sniffing it
+    (it is md5-checked instead)."""
+    options = options or DataOptions()
+    archive = archive.expanduser().resolve()
+    if cifar100:
+        return _with_options(_release_archive(cifar100_release(options.labels or "fine"), "cifar100", archive),
+                             options)
+    return _with_options(_release_archive(PYTHON_RELEASE, "python", archive), options)
 
 
-def _image_folder(root: Path) -> DatasetSource:
+def _resize_note(options: DataOptions) -> str:
+    if options.resize == "shorter-side":
+        return "; images of other sizes: shorter side scaled to 32, centre 32x32 crop"
+    return ""
+
+
+def _with_options(source: DatasetSource, options: DataOptions) -> DatasetSource:
+    """Refuse options that do not apply to ``source``; record the ones that do (description, cache key)."""
+    if options.labels is not None and source.kind != "cifar100":
+        raise DataError(f"--labels {options.labels}: only the CIFAR-100 release has fine and coarse labels, "
+                        f"{source.path} is a {source.description.split(' (')[0]}")
+    if options.tag not in source.listing:  # a folder holding a release is detected through detect_source twice
+        source.listing.append(options.tag)
+    return source
+
+
+def _image_folder(root: Path, options: DataOptions) -> DatasetSource:
     tree_files = list_tree_files(root)
-    description = f"image folders train/, test/ (folder {root})"
+    description = f"image folders train/, test/ (folder {root}){_resize_note(options)}"
     all_files = [file for split in SPLITS for files in tree_files[split].values() for file in files]
+    # An empty class folder holds no file but must change the cache key (it makes the data invalid).
+    folders = [f"{split}/{name}/" for split in SPLITS for name in tree_files[split]]
 
     def read(progress: bool) -> CifarData:
-        tree = ImageTree(str(root))
+        tree = ImageTree(str(root), options.resize)
         with tqdm(total=len(all_files), unit="img", desc=f"decoding {root.name}", disable=not progress) as bar:
             for split in SPLITS:
                 for class_name, files in tree_files[split].items():
@@ -109,25 +157,26 @@ def _image_folder(root: Path) -> DatasetSource:
                         bar.update()
         return tree.build(description)
 
-    return DatasetSource("image-folder", root, description, all_files, read)
+    return DatasetSource("image-folder", root, description, all_files, read, folders)
 
 
 def _split_archive(folder: Path, split: str) -> Path | None:
     for suffix in SPLIT_ARCHIVE_SUFFIXES:
-        if (folder / f"{split}{suffix}").is_file():
+        if os.path.lexists(folder / f"{split}{suffix}"):  # a FIFO is found, then refused when opened
             return folder / f"{split}{suffix}"
     return None
 
 
-def _image_tarballs(folder: Path) -> DatasetSource:
+def _image_tarballs(folder: Path, options: DataOptions) -> DatasetSource:
     archives = {split: _split_archive(folder, split) for split in SPLITS}
     for split, archive in archives.items():
         if archive is None:
             raise DataError(f"{folder}: has the other split's tarball but no {split}.tar.gz")
-    description = f"image-folder tarballs {archives['train'].name}, {archives['test'].name} (folder {folder})"
+    description = (f"image-folder tarballs {archives['train'].name}, {archives['test'].name} (folder {folder})"
+                   f"{_resize_note(options)}")
 
     def read(progress: bool) -> CifarData:
-        tree = ImageTree(str(folder))
+        tree = ImageTree(str(folder), options.resize)
         for split, archive in archives.items():
             add_archive_split(tree, archive, split, progress)
         return tree.build(description)
@@ -135,7 +184,7 @@ def _image_tarballs(folder: Path) -> DatasetSource:
     return DatasetSource("image-tarballs", folder, description, list(archives.values()), read)
 
 
-def _detect_archive(archive: Path) -> DatasetSource:
+def _detect_archive(archive: Path, options: DataOptions) -> DatasetSource:
     try:
         top = first_member_top(archive)
     except DataError as exc:
@@ -144,6 +193,8 @@ def _detect_archive(archive: Path) -> DatasetSource:
         return _release_archive(PYTHON_RELEASE, "python", archive)
     if top == BINARY_TOP:
         return _release_archive(BINARY_RELEASE, "binary", archive)
+    if top == CIFAR100_TOP:
+        return _release_archive(cifar100_release(options.labels or "fine"), "cifar100", archive)
     if top in SPLITS:
         raise DataError(f"{archive}: holds only the {top}/ split of an image-folder tree; pass the folder that "
                         f"holds both train.tar.gz and test.tar.gz")
@@ -152,7 +203,7 @@ def _detect_archive(archive: Path) -> DatasetSource:
     raise DataError(f"{archive}: archive not recognized (top folder {top!r}); {ACCEPTED}")
 
 
-def _detect_folder(folder: Path) -> DatasetSource:
+def _detect_folder(folder: Path, options: DataOptions) -> DatasetSource:
     try:
         names = set(os.listdir(folder))
     except OSError as exc:
@@ -161,24 +212,29 @@ def _detect_folder(folder: Path) -> DatasetSource:
         return _release_folder(PYTHON_RELEASE, "python", folder)
     if names & set(BINARY_RELEASE.all_names):
         return _release_folder(BINARY_RELEASE, "binary", folder)
+    if CIFAR100_META in names and not any((folder / split).is_dir() for split in SPLITS):
+        # cifar-100-python/: files train, test, meta (an image tree has train/ and test/ folders)
+        return _release_folder(cifar100_release(options.labels or "fine"), "cifar100", folder)
     if names & set(SPLITS):
-        return _image_folder(folder)
+        return _image_folder(folder, options)
     if any(f"{split}{suffix}" in names for split in SPLITS for suffix in SPLIT_ARCHIVE_SUFFIXES):
-        return _image_tarballs(folder)
+        return _image_tarballs(folder, options)
     for contained in CONTAINED_NAMES:
         if contained in names:
-            return detect_source(folder / contained)
+            return detect_source(folder / contained, options)
     if not names:
         raise DataError(f"{folder}: folder is empty; {ACCEPTED}")
     shown = ", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else "")
     raise DataError(f"{folder}: no CIFAR-10 data recognized (found: {shown}); {ACCEPTED}")
 
 
-def detect_source(path: str | os.PathLike) -> DatasetSource:
+def detect_source(path: str | os.PathLike, options: DataOptions | None = None) -> DatasetSource:
     """Work out which accepted layout ``path`` is; a path that matches none raises :class:`DataError`."""
+    options = options or DataOptions()
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
         raise DataError(f"{path}: no such file or folder; {ACCEPTED}")
+    check_file_or_folder(resolved, path)  # a FIFO or device would block or never end
     if resolved.is_dir():
-        return _detect_folder(resolved)
-    return _detect_archive(resolved)
+        return _with_options(_detect_folder(resolved, options), options)
+    return _with_options(_detect_archive(resolved, options), options)

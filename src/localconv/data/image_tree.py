@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import numpy as np
 from ..errors import DataError
 from .archive import iter_archive
 from .cifar_data import IMAGE_SIDE, CifarData
-from .images import decode_dataset_image
+from .files import MAX_IMAGE_BYTES, kind_of
+from .images import DEFAULT_RESIZE, decode_dataset_image
 
 SPLITS = ("train", "test")
 
@@ -20,6 +22,7 @@ class ImageTree:
     """Collects decoded images per split and class, then builds a :class:`CifarData`."""
 
     where: str
+    resize: str = DEFAULT_RESIZE  # see images.prepare_image
     images: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = field(
         default_factory=lambda: {split: {} for split in SPLITS})
 
@@ -28,7 +31,8 @@ class ImageTree:
 
     def add_image(self, split: str, class_name: str, file_name: str, data: bytes, shown_name: str) -> None:
         self.add_class(split, class_name)
-        self.images[split][class_name].append((file_name, decode_dataset_image(data, shown_name, IMAGE_SIDE)))
+        self.images[split][class_name].append((file_name, decode_dataset_image(data, shown_name, IMAGE_SIDE,
+                                                                                    self.resize)))
 
     def build(self, description: str) -> CifarData:
         for split in SPLITS:
@@ -36,7 +40,8 @@ class ImageTree:
                 raise DataError(f"{self.where}: no class folders under {split}/ (expected {split}/<class>/<image>)")
             for class_name, items in self.images[split].items():
                 if not items:
-                    raise DataError(f"{self.where}: class folder {split}/{class_name}/ holds no images")
+                    raise DataError(f"{os.path.join(self.where, split, class_name)}: class folder "
+                                    f"{split}/{class_name}/ holds no images")
         train_classes, test_classes = set(self.images["train"]), set(self.images["test"])
         if train_classes != test_classes:
             only_train = ", ".join(sorted(train_classes - test_classes)) or "-"
@@ -76,15 +81,34 @@ def list_tree_files(root: Path) -> dict[str, dict[str, list[Path]]]:
                 continue
             if not entry.is_dir():
                 raise DataError(f"{entry.path}: unexpected file, {split}/ must hold only class folders")
+            check_class_name(entry.name, entry.path)
             files = []
             for item in _sorted_entries(Path(entry.path)):
                 if _is_hidden(item.name):
                     continue
                 if item.is_dir():
                     raise DataError(f"{item.path}: unexpected folder, expected image files in {split}/{entry.name}/")
+                _check_regular(item)
                 files.append(Path(item.path))
             tree[split][entry.name] = files
     return tree
+
+
+def check_class_name(name: str, shown: str) -> None:
+    """A class name is a label shown to people and stored in runs: no blank or padded names."""
+    if not name.strip() or name != name.strip():
+        raise DataError(f"{shown}: class name {name!r} is blank or starts/ends with spaces")
+
+
+def _check_regular(item: os.DirEntry) -> None:
+    # Links to image files are followed on disk (a common way to build a tree); the target must be a
+    # regular file: a FIFO would block the read forever, a device would never end.
+    try:
+        mode = item.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"{item.path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{item.path}: is a {kind_of(mode)}, not a regular file (class folders hold image files)")
 
 
 def _sorted_entries(folder: Path) -> list[os.DirEntry]:
@@ -97,17 +121,17 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry]:
 
 def add_archive_split(tree: ImageTree, archive: Path, split: str, progress: bool) -> None:
     """Decode the ``split/<class>/<image>`` members of one tarball into ``tree``; other members are skipped."""
-    for member in iter_archive(archive, progress, desc=f"decoding {archive.name}"):
+    for member in iter_archive(archive, progress, desc=f"decoding {archive.name}", member_limit=MAX_IMAGE_BYTES):
         parts = member.parts
         if parts[0] != split or any(_is_hidden(part) for part in parts):
             continue
         if member.info.isdir():
             if len(parts) == 2:
+                check_class_name(parts[1], f"{archive}:{member.name}")
                 tree.add_class(split, parts[1])
             continue
         shown = f"{archive}:{member.name}"
         if len(parts) != 3:
             raise DataError(f"{shown}: unexpected member, expected {split}/<class>/<image>")
-        if not member.info.isfile():
-            raise DataError(f"{shown}: not a regular file (links are not followed inside archives)")
+        check_class_name(parts[1], f"{archive}:{split}/{parts[1]}")
         tree.add_image(split, parts[1], parts[2], member.read(), shown)

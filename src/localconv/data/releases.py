@@ -1,13 +1,17 @@
-"""The two official CIFAR-10 releases: python pickles and binary records, file names and parsers."""
+"""The official CIFAR releases: CIFAR-10 python pickles and binary records, CIFAR-100 python pickles.
+
+File names, parsers and the assembly of the parsed batches into a :class:`CifarData`.
+"""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DataError
-from .cifar_data import CIFAR10_CLASSES, IMAGE_BYTES, IMAGE_SIDE, CifarData, check_label_range
+from .cifar_data import CIFAR10_CLASSES, IMAGE_BYTES, IMAGE_SIDE, CifarData, check_class_names, check_label_range
 from .safe_pickle import safe_load
 
 PYTHON_TOP = "cifar-10-batches-py"
@@ -18,6 +22,9 @@ PYTHON_META = "batches.meta"
 BINARY_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 BINARY_TEST = "test_batch.bin"
 BINARY_META = "batches.meta.txt"
+CIFAR100_TOP = "cifar-100-python"
+CIFAR100_TRAIN, CIFAR100_TEST, CIFAR100_META = "train", "test", "meta"
+LABEL_SETS = ("fine", "coarse")  # CIFAR-100: 100 fine classes or 20 coarse superclasses
 
 
 def _str_keys(obj: dict) -> dict[str, object]:
@@ -25,13 +32,16 @@ def _str_keys(obj: dict) -> dict[str, object]:
     return {key.decode("latin-1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
 
 
-def parse_python_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch -> (uint8 [n, 3, 32, 32], int64 [n]); labels are range-checked by the caller."""
+def parse_python_batch(raw: bytes, name: str, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (uint8 [n, 3, 32, 32], int64 [n]); labels are range-checked by the caller.
+
+    ``label_key``: 'labels' (CIFAR-10), 'fine_labels' or 'coarse_labels' (CIFAR-100).
+    """
     obj = safe_load(raw, name)
     if not isinstance(obj, dict):
-        raise DataError(f"{name}: expected a pickled dict with 'data' and 'labels', got {type(obj).__name__}")
+        raise DataError(f"{name}: expected a pickled dict with 'data' and '{label_key}', got {type(obj).__name__}")
     batch = _str_keys(obj)
-    for key in ("data", "labels"):
+    for key in ("data", label_key):
         if key not in batch:
             raise DataError(f"{name}: missing field '{key}' (fields: {', '.join(sorted(batch))})")
     data = batch["data"]
@@ -39,21 +49,24 @@ def parse_python_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         what = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{name}: field 'data' must be a uint8 array [n, {IMAGE_BYTES}], got {what}")
     try:
-        labels = np.asarray(batch["labels"])
+        labels = np.asarray(batch[label_key])
     except (ValueError, TypeError):  # ragged or otherwise not an array of numbers
         labels = np.empty(0, dtype=object)
     if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
-        raise DataError(f"{name}: field 'labels' must be {data.shape[0]} integers, "
+        raise DataError(f"{name}: field '{label_key}' must be {data.shape[0]} integers, "
                         f"got {labels.dtype} {list(labels.shape)}")
+    filenames = batch.get("filenames")
+    if isinstance(filenames, list) and len(filenames) != data.shape[0]:  # a structural damage check
+        raise DataError(f"{name}: field 'filenames' has {len(filenames)} entries for {data.shape[0]} images")
     return data.reshape(-1, 3, IMAGE_SIDE, IMAGE_SIDE), labels.astype(np.int64)
 
 
-def parse_python_meta(raw: bytes, name: str) -> list[str]:
+def parse_python_meta(raw: bytes, name: str, key: str = "label_names") -> list[str]:
     obj = safe_load(raw, name)
     meta = _str_keys(obj) if isinstance(obj, dict) else {}
-    names = meta.get("label_names")
+    names = meta.get(key)
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
-        raise DataError(f"{name}: expected a pickled dict with a 'label_names' list of strings")
+        raise DataError(f"{name}: expected a pickled dict with a '{key}' list of strings")
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
@@ -70,12 +83,16 @@ def parse_binary_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def parse_binary_meta(raw: bytes, name: str) -> list[str]:
     try:
-        names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in raw.decode("utf-8").splitlines()]
     except UnicodeDecodeError:
         raise DataError(f"{name}: not a text file of class names") from None
-    if not names:
+    while lines and not lines[-1]:  # the official file ends in blank lines
+        lines.pop()
+    if not lines:
         raise DataError(f"{name}: no class names")
-    return names
+    if "" in lines:  # a blank line inside would shift every later label's name
+        raise DataError(f"{name}:{lines.index('') + 1}: blank line between class names")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,7 @@ class Release:
     meta: str
     parse_batch: Callable[[bytes, str], tuple[np.ndarray, np.ndarray]]
     parse_meta: Callable[[bytes, str], list[str]]
+    default_classes: tuple[str, ...] | None = tuple(CIFAR10_CLASSES)  # used when the meta file is absent
 
     @property
     def batch_names(self) -> list[str]:
@@ -105,16 +123,27 @@ BINARY_RELEASE = Release("CIFAR-10 binary release", BINARY_TOP, BINARY_TRAIN, BI
                           parse_binary_batch, parse_binary_meta)
 
 
+def cifar100_release(labels: str = "fine") -> Release:
+    """The CIFAR-100 python release read with its ``fine`` (100) or ``coarse`` (20) labels."""
+    if labels not in LABEL_SETS:
+        raise DataError(f"--labels must be one of {', '.join(LABEL_SETS)}, got {labels!r}")
+    return Release(f"CIFAR-100 python release ({labels} labels)", CIFAR100_TOP, [CIFAR100_TRAIN], CIFAR100_TEST,
+                   CIFAR100_META, functools.partial(parse_python_batch, label_key=f"{labels}_labels"),
+                   functools.partial(parse_python_meta, key=f"{labels}_label_names"), default_classes=None)
+
+
 def assemble_release(release: Release, files: dict[str, bytes], where: str, prefix: str,
                      description: str) -> CifarData:
     """Parse the batch files of ``release`` (``files``: name -> bytes; ``prefix`` + name names a file)."""
-    missing = [name for name in release.batch_names if name not in files]
+    required = release.batch_names if release.default_classes is not None else release.all_names
+    missing = [name for name in required if name not in files]
     if missing:
         raise DataError(f"{where}: missing {', '.join(missing)} ({release.label}: "
                         f"{', '.join(release.all_names)})")
     # batches.meta only carries the class names; without it the standard CIFAR-10 names apply.
     classes = (release.parse_meta(files[release.meta], prefix + release.meta)
-               if release.meta in files else list(CIFAR10_CLASSES))
+               if release.meta in files else list(release.default_classes or ()))
+    check_class_names(classes, prefix + release.meta)
     parsed = {}
     for name in release.batch_names:
         images, labels = release.parse_batch(files[name], prefix + name)
