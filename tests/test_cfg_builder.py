@@ -501,9 +501,17 @@ def test_error_labels_unused_layer_and_class_count() -> None:
     expect_error(f"layers.cfg:{line_of(layers, 'rnorm1')}: [rnorm1]", "not used by any other layer", layers)
     layers = edit(LAYERS, "inputs=rnorm1", "inputs=rnorm1,labels")
     expect_error(f"layers.cfg:{line_of(layers, 'fc10', 'inputs')}: [fc10]", "label data layer", layers)
+    # the file decides the class count; data with another count is refused at the outputs line
     layers = edit(LAYERS, "outputs=10", "outputs=20")
-    expect_error(f"layers.cfg:{line_of(layers, 'probs', 'inputs')}: [probs]", "gives 20 values; CIFAR-10 has 10",
-                 layers)
+    model = build(layers)
+    assert model.num_classes == 20 and model(torch.randn(2, 3, 24, 24)).shape == (2, 20)
+    with pytest.raises(ConfigError) as info:
+        model.check_classes([f"c{i}" for i in range(10)])
+    assert str(info.value).startswith(f"layers.cfg:{line_of(layers, 'fc10', 'outputs')}: [fc10] ")
+    assert "20 class scores" in str(info.value) and "data has 10 classes" in str(info.value)
+    model.check_classes([f"c{i}" for i in range(20)])
+    layers = edit(LAYERS, "outputs=10", "outputs=1")
+    expect_error(f"layers.cfg:{line_of(layers, 'fc10', 'outputs')}: [fc10]", "a classifier needs 2 or more", layers)
 
 
 def test_error_geometry() -> None:

@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
+from ..models.base import check_num_classes
 from .layers import LAYER_BUILDERS, LAYER_KEYS, PARAM_KEYS, UNSUPPORTED, BuiltLayer, LayerContext, Source
-from .net import CfgNet, LearningGroup, PlanStep, check_layer_name
-from .parser import CfgFile, parse_cfg
+from .memory import MemoryBudget
+from .net import CfgNet, LearningGroup, LogitsSource, PlanStep, check_layer_name
+from .parser import CfgFile, CfgItem, clip, parse_cfg
 from .values import SectionValues
 
-NUM_CLASSES = 10  # CIFAR-10: the softmax must have this many inputs
-SPEC_KEYS = ("layers_text", "params_text", "layers_name", "params_name", "crop", "flip", "structure_only")
+# num_classes: set by the shipped networks' factories (the logits fc's outputs follow the data);
+# absent in specs written before it existed, which means "as the file says".
+SPEC_KEYS = ("layers_text", "params_text", "layers_name", "params_name", "crop", "flip", "structure_only",
+             "num_classes")
 
 
 @dataclass
@@ -47,7 +51,7 @@ def resolve_graph(layers: CfgFile) -> LayerGraph:
         values = SectionValues(section)
         kind = values.text("type")
         if kind not in LAYER_KEYS:
-            raise values.error(f"unknown layer type '{kind}'; known: {', '.join(LAYER_KEYS)}", "type")
+            raise values.error(f"unknown layer type '{clip(kind)}'; known: {', '.join(LAYER_KEYS)}", "type")
         values.check_keys(LAYER_KEYS[kind], f"a {kind} layer", UNSUPPORTED)
         types[name] = kind
     inputs: dict[str, list[str]] = {}
@@ -57,7 +61,7 @@ def resolve_graph(layers: CfgFile) -> LayerGraph:
         names = values.names("inputs") if hi != 0 else []
         for src in names:
             if src not in types:
-                raise values.error(f"input '{src}' names no layer", "inputs")
+                raise values.error(f"input '{clip(src)}' names no layer", "inputs")
         if len(names) < lo or (hi is not None and len(names) > hi):
             wanted = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             raise values.error(f"a {kind} layer takes {wanted} input(s), got {len(names)}", "inputs")
@@ -131,15 +135,46 @@ def _check_crop(crop: Any) -> int:
     return crop
 
 
+def _logits_layer(graph: LayerGraph) -> str | None:
+    """The layer feeding the softmax of the cost layer, if the graph has that form (else the
+    layer builders report what is wrong)."""
+    cost = next(name for name, kind in graph.types.items() if kind == "cost.logreg")
+    if len(graph.inputs[cost]) != 2 or graph.types[graph.inputs[cost][1]] != "softmax":
+        return None
+    softmax_inputs = graph.inputs[graph.inputs[cost][1]]
+    return softmax_inputs[0] if len(softmax_inputs) == 1 else None
+
+
+def _set_num_classes(layers: CfgFile, graph: LayerGraph, num_classes: int) -> None:
+    """Make the logits fc layer give ``num_classes`` outputs (the shipped networks follow the data)."""
+    check_num_classes(num_classes)
+    logits = _logits_layer(graph)
+    if logits is None:
+        return
+    section = layers.sections[logits]
+    if graph.types[logits] != "fc":
+        raise SectionValues(section).error(f"cannot set num_classes={num_classes}: the softmax input '{logits}' "
+                                           f"is a {graph.types[logits]} layer, only an fc layer's outputs can "
+                                           "be changed")
+    old = section.get("outputs")
+    line = old.line if old is not None else section.line
+    section.items["outputs"] = CfgItem("outputs", str(num_classes), line)
+
+
 def build_cfg_model(layers_text: str, params_text: str | None, layers_name: str = "layers.cfg",
                     params_name: str = "layer-params.cfg", crop: int = 24, flip: bool | None = None, *,
-                    require_params: bool = True) -> CfgNet:
+                    require_params: bool = True, num_classes: int | None = None,
+                    memory_limit: int | None | str = "machine") -> CfgNet:
     """Build the network of a cuda-convnet layer file (``layers_text``) and parameter file.
 
     ``crop``: side of the square input images (the data layer's size); ``flip``: random horizontal
     flips in training (default: ``crop < 32``, i.e. with the random-crop augmentation).
     ``params_text=None`` is an error as soon as a layer needs learning parameters, unless
     ``require_params=False``: then the structure is built (for summaries) without them.
+    ``num_classes``: replaces the ``outputs`` of the fc layer feeding the softmax (the shipped
+    networks use it to follow the data's class count); None keeps the file's value.
+    ``memory_limit``: bytes the network may need to train (``"machine"``: 80% of this machine's
+    memory; None: no check); a layer that would exceed it is refused before anything is allocated.
     The names are used in error messages and kept in ``cfg_spec``.
     """
     crop = _check_crop(crop)
@@ -150,9 +185,14 @@ def build_cfg_model(layers_text: str, params_text: str | None, layers_name: str 
     graph = resolve_graph(layers)
     if params is not None:
         _check_params_file(params, layers, graph.types)
+    if num_classes is not None:
+        _set_num_classes(layers, graph, num_classes)
 
     spec = {"layers_text": layers_text, "params_text": params_text, "layers_name": layers_name,
             "params_name": params_name, "crop": crop, "flip": flip, "structure_only": structure_only}
+    if num_classes is not None:
+        spec["num_classes"] = num_classes
+    budget = MemoryBudget() if memory_limit == "machine" else MemoryBudget(limit=memory_limit)
     built: dict[str, BuiltLayer] = {}
     for name in graph.order:
         kind = graph.types[name]
@@ -164,9 +204,14 @@ def build_cfg_model(layers_text: str, params_text: str | None, layers_name: str 
             name=name, type=kind, values=values,
             params=_values(params, name) if params is not None and name in params.sections else None,
             sources=[Source(src, graph.types[src], built[src].shape) for src in graph.inputs[name]],
-            crop=crop, structure_only=structure_only, params_file=params.name if params is not None else None)
+            crop=crop, structure_only=structure_only, params_file=params.name if params is not None else None,
+            budget=budget)
         built[name] = LAYER_BUILDERS[kind][0](ctx)
-    return _assemble(CfgNet(spec, crop, flip), layers, graph, built, structure_only)
+        if kind not in ("conv", "local", "fc"):  # the weight layers counted themselves before allocating
+            ctx.reserve(None, 0, built[name].shape.features)
+    net = _assemble(CfgNet(spec, crop, flip), layers, graph, built, structure_only)
+    net.memory_estimate = budget
+    return net
 
 
 def _assemble(net: CfgNet, layers: CfgFile, graph: LayerGraph, built: dict[str, BuiltLayer],
@@ -175,9 +220,14 @@ def _assemble(net: CfgNet, layers: CfgFile, graph: LayerGraph, built: dict[str, 
     softmax = graph.inputs[cost][1]
     logits = graph.inputs[softmax][0]
     n_out = built[logits].shape.features
-    if n_out != NUM_CLASSES:
-        raise _values(layers, softmax).error(
-            f"softmax input '{logits}' gives {n_out} values; CIFAR-10 has {NUM_CLASSES} classes", "inputs")
+    outputs = layers.sections[logits].get("outputs") if graph.types[logits] == "fc" else None
+    where = (LogitsSource(layers.name, outputs.line, logits, "outputs") if outputs is not None else
+             LogitsSource(layers.name, layers.sections[softmax].get("inputs").line, softmax, "inputs"))
+    if n_out < 2:
+        raise ConfigError(f"softmax input '{logits}' gives {n_out} value(s); a classifier needs 2 or more",
+                          file=where.file, line=where.line, section=where.section)
+    net.num_classes = n_out
+    net.logits_source = where
     needed, stack = set(), [logits]  # the layers the logits depend on
     while stack:
         name = stack.pop()
@@ -216,7 +266,8 @@ def _read_text(path: str | Path) -> str:
 
 
 def load_cfg_model(layers_path: str | Path, params_path: str | Path | None = None, crop: int = 24,
-                   flip: bool | None = None, *, require_params: bool = True) -> CfgNet:
+                   flip: bool | None = None, *, require_params: bool = True,
+                   num_classes: int | None = None) -> CfgNet:
     """Build the network of a layer-definition file and its layer-parameter file (see
     :func:`build_cfg_model`). Without ``params_path`` the layer file must need no learning
     parameters (no conv/local/fc layer, norms with scale/pow inline), unless ``require_params=False``."""
@@ -224,7 +275,7 @@ def load_cfg_model(layers_path: str | Path, params_path: str | Path | None = Non
     params_text = _read_text(params_path) if params_path is not None else None
     return build_cfg_model(layers_text, params_text, str(layers_path),
                            str(params_path) if params_path is not None else "layer-params.cfg", crop, flip,
-                           require_params=require_params)
+                           require_params=require_params, num_classes=num_classes)
 
 
 def build_cfg_model_from_spec(spec: dict[str, Any]) -> CfgNet:
@@ -236,4 +287,5 @@ def build_cfg_model_from_spec(spec: dict[str, Any]) -> CfgNet:
         raise ModelError(f"malformed cfg model spec: unknown keys {sorted(unknown)}")
     return build_cfg_model(spec["layers_text"], spec.get("params_text"), spec.get("layers_name", "layers.cfg"),
                            spec.get("params_name", "layer-params.cfg"), spec.get("crop", 24), spec.get("flip"),
-                           require_params=not spec.get("structure_only", False))
+                           require_params=not spec.get("structure_only", False),
+                           num_classes=spec.get("num_classes"))

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..nn.convnet_ops import ConvInput, ConvNetConv, ConvNetFC, ConvNetLocal, EltwiseMax, EltwiseSum, FlatSoftmax
 from ..nn.norm import ContrastNorm, CrossMapNorm, ResponseNorm
 from ..nn.pool import ConvNetPool, pool_output_size, window_counts
+from .memory import MemoryBudget
 from .values import SectionValues
 
 # Largest tensor we agree to allocate (elements): beyond it 32-bit indexing breaks in many kernels.
@@ -119,9 +120,17 @@ class LayerContext:
     crop: int
     structure_only: bool  # no params file at all: build the structure, skip learning parameters
     params_file: str | None  # name of the params file; None when there is none
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(limit=None))
 
     def error_at(self, key: str | None, message: str) -> ConfigError:
         return self.values.error(message, key)
+
+    def reserve(self, key: str | None, params: int, activations: int) -> None:
+        """Count this layer's memory before its module is allocated; refuse it at ``key``'s line
+        if the network would no longer fit (:mod:`.memory`)."""
+        problem = self.budget.problem(self.name, params, activations)
+        if problem:
+            raise self.error_at(key, problem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,9 +254,13 @@ def build_conv_or_local(ctx: LayerContext) -> BuiltLayer:
         listed = ", ".join(f"{s}x{s} from '{src.name}'" for s, src in zip(sizes, ctx.sources))
         raise ctx.error_at("inputs", f"inputs give different output sizes: {listed}")
     out_channels, out = out_maps.pop(), sizes[0]
+    n_params = out_channels if shared_biases else out_channels * out * out
     for inp in inputs:
         per_bank = out_channels * inp.group_channels * inp.filter_size ** 2
-        _check_size(ctx, per_bank * (out * out if ctx.type == "local" else 1), "a weight tensor")
+        n_weights = per_bank * (out * out if ctx.type == "local" else 1)
+        _check_size(ctx, n_weights, "a weight tensor")
+        n_params += n_weights
+    ctx.reserve("filters", n_params, out_channels * out * out)
     if ctx.type == "conv":
         module = _module(ctx, lambda: ConvNetConv(inputs, out_channels, shared_biases, init_b, neuron))
     else:
@@ -265,6 +278,7 @@ def build_fc(ctx: LayerContext) -> BuiltLayer:
     in_features = [src.shape.features for src in ctx.sources]
     for n in in_features:
         _check_size(ctx, n * outputs, "a weight matrix")
+    ctx.reserve("outputs", sum(in_features) * outputs + outputs, outputs)
     module = _module(ctx, lambda: ConvNetFC(in_features, outputs, init_w, init_b, neuron))
     learn = _weight_learning(ctx, k, _weight_names(k))
     return BuiltLayer(ctx.name, ctx.type, Shape(outputs), module, [None] * k, learn)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from ..models.base import Classifier, GroupSpec, InputSpec
+from ..errors import ConfigError, ModelError
+from ..models.base import Classifier, GroupSpec, InputSpec, check_num_classes
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ class LearningGroup:
     wc: float
 
 
+@dataclass(frozen=True)
+class LogitsSource:
+    """Where the class count is written: the logits fc's ``outputs`` line (or the softmax's ``inputs``)."""
+
+    file: str
+    line: int
+    section: str
+    key: str
+
+
 class CfgNet(Classifier):
     """A network built from cuda-convnet layer/parameter files (see :mod:`localconv.configs`)."""
 
@@ -53,8 +63,11 @@ class CfgNet(Classifier):
         self.plan: tuple[PlanStep, ...] = ()
         self.image_layers: tuple[str, ...] = ()  # data layers with dataIdx=0
         self.logits_layer = ""
+        self.logits_source: LogitsSource | None = None
+        self.memory_estimate: Any = None  # the builder's MemoryBudget: per-layer params and activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         outputs = {name: x for name in self.image_layers}
         for step in self.plan:
             args = [outputs[name] if view is None else outputs[name].reshape(-1, *view)
@@ -70,6 +83,37 @@ class CfgNet(Classifier):
                              "no learning parameters; give one (--params)")
         return [GroupSpec(params=[self.get_parameter(g.param)], lr=g.lr, momentum=g.momentum, wc=g.wc, name=g.param)
                 for g in self.learning]
+
+    def get_classifier(self) -> nn.Module:
+        return self._modules[self.logits_layer]
+
+    def check_classes(self, classes: list[str]) -> None:
+        """Refuse data whose class count differs from the file's, at the line that sets it."""
+        if len(classes) == self.num_classes:
+            return
+        where = self.logits_source
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        raise ConfigError(f"the network gives {self.num_classes} class scores ({where.key} of '{where.section}') "
+                          f"but the data has {len(classes)} classes ({shown}); set outputs={len(classes)} on the "
+                          f"layer feeding the softmax", file=where.file, line=where.line, section=where.section)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new logits fc layer with ``num_classes`` outputs, built as the file says (initW/initB).
+
+        The spec records the new count, so a run folder rebuilds the same network."""
+        from .builder import build_cfg_model_from_spec
+
+        num_classes = check_num_classes(num_classes)
+        spec = dict(self.cfg_spec, num_classes=num_classes)
+        fresh = build_cfg_model_from_spec(spec)
+        old = self.get_classifier()
+        weight = next(old.parameters())
+        self._modules[self.logits_layer] = fresh.get_classifier().to(device=weight.device, dtype=weight.dtype)
+        self.cfg_spec, self.num_classes = spec, num_classes
+        if getattr(self, "model_name", None):  # a shipped network: its registry options carry the count
+            self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k != "num_classes"}
+            if num_classes != 10:
+                self.model_kwargs["num_classes"] = num_classes
 
     def extra_repr(self) -> str:
         return f"cfg={self.cfg_spec.get('layers_name')!r}, crop={self.input_spec.crop}, logits={self.logits_layer!r}"

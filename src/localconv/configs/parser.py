@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
+QUOTE_LIMIT = 60  # characters of a file's text quoted in a message; a 50 MB value is not printed whole
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as quoted in an error message: its first ``limit`` characters, then ``...(N chars)``."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 SECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -67,10 +75,10 @@ def parse_cfg(text: str, file: str) -> CfgFile:
             continue
         if line.startswith("["):
             if not line.endswith("]"):
-                raise ConfigError(f"malformed section header {line!r}: expected [name]", file=file, line=number)
+                raise ConfigError(f"malformed section header {clip(line)!r}: expected [name]", file=file, line=number)
             name = line[1:-1].strip()
             if not SECTION_NAME.fullmatch(name):
-                raise ConfigError(f"invalid section name {name!r}: use letters, digits, '_' and '-'",
+                raise ConfigError(f"invalid section name {clip(name)!r}: use letters, digits, '_' and '-'",
                                   file=file, line=number)
             if name in sections:
                 raise ConfigError(f"duplicate section (first defined at line {sections[name].line})",
@@ -79,13 +87,13 @@ def parse_cfg(text: str, file: str) -> CfgFile:
             continue
         cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
         if cut < 0:
-            raise ConfigError(f"expected 'key=value', '[section]' or a # comment, got {line!r}",
+            raise ConfigError(f"expected 'key=value', '[section]' or a # comment, got {clip(line)!r}",
                               file=file, line=number, section=current.name if current else None)
         key, value = line[:cut].strip(), line[cut + 1:].strip()
         if current is None:
             raise ConfigError(f"'{key}' appears before any [section]", file=file, line=number)
         if not KEY_NAME.fullmatch(key):
-            raise ConfigError(f"invalid key {key!r}", file=file, line=number, section=current.name)
+            raise ConfigError(f"invalid key {clip(key)!r}", file=file, line=number, section=current.name)
         if key in current.items:
             raise ConfigError(f"duplicate key '{key}' (first set at line {current.items[key].line})",
                               file=file, line=number, section=current.name)

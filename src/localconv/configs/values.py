@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.neurons import NEURON_FORMULAS, make_neuron
-from .parser import CfgItem, CfgSection
+from .parser import CfgItem, CfgSection, clip
 
 INT = re.compile(r"[+-]?[0-9]{1,12}")
 FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
@@ -25,16 +25,16 @@ REQUIRED: Any = object()
 
 def parse_int(text: str) -> int:
     if not INT.fullmatch(text):
-        raise ValueError(f"expected a whole number, got {text!r}")
+        raise ValueError(f"expected a whole number, got {clip(text)!r}")
     return int(text)
 
 
 def parse_float(text: str) -> float:
     if not FLOAT.fullmatch(text):
-        raise ValueError(f"expected a number, got {text!r}")
+        raise ValueError(f"expected a number, got {clip(text)!r}")
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {text!r}")
+        raise ValueError(f"expected a finite number, got {clip(text)!r}")
     return value
 
 
@@ -42,18 +42,18 @@ def parse_bool(text: str) -> bool:
     try:
         return BOOLS[text.lower()]
     except KeyError:
-        raise ValueError(f"expected 1/0 or true/false, got {text!r}") from None
+        raise ValueError(f"expected 1/0 or true/false, got {clip(text)!r}") from None
 
 
 def parse_neuron(text: str) -> nn.Module:
     """``relu``, ``tanh[a,b]``, ``brelu[a]``... -> the activation module (ValueError if malformed)."""
     m = NEURON.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"malformed neuron {text!r}: expected NAME or NAME[a,b]")
+        raise ValueError(f"malformed neuron {clip(text)!r}: expected NAME or NAME[a,b]")
     kind, inside = m.group(1), m.group(2)
     if kind not in NEURON_FORMULAS:
         known = ", ".join(NEURON_FORMULAS)
-        raise ValueError(f"unknown neuron type {kind!r}; known: {known}")
+        raise ValueError(f"unknown neuron type {clip(kind)!r}; known: {known}")
     params = [] if inside is None or not inside.strip() else [parse_float(v.strip()) for v in inside.split(",")]
     return make_neuron(kind, params)
 
@@ -86,7 +86,7 @@ class SectionValues:
         if check is not None:
             problem = check(value)
             if problem:
-                raise self.section.error(f"{key}={item.value}: {problem}", item)
+                raise self.section.error(f"{key}={clip(item.value)}: {problem}", item)
         return value
 
     def text(self, key: str, default: Any = REQUIRED, choices: tuple[str, ...] | None = None) -> str:
@@ -141,7 +141,7 @@ class SectionValues:
         def convert(text: str) -> list[str]:
             names = [n.strip() for n in text.split(",")]
             if not all(names):
-                raise ValueError(f"empty layer name in {text!r}")
+                raise ValueError(f"empty layer name in {clip(text)!r}")
             return names
 
         return self._get(key, REQUIRED, convert)

@@ -7,11 +7,37 @@ training, evaluation and prediction share one preprocessing path
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import ModelError
+
+SOURCE_SIZE = 32  # side of the raw uint8 images every model's preprocessing starts from
+# A per-image standardized input has mean 0 and std <= 1 exactly; these bounds leave room for
+# randn-like test inputs and refuse raw 0..255 pixels and most 0..1 pixels (see predict_proba).
+STANDARDIZED_MAX_MEAN, STANDARDIZED_MAX_STD = 0.2, 1.2
+
+
+class ModelValueError(ModelError, ValueError):
+    """A bad model option or input: a ``ValueError`` for Python callers, exit 2 in the CLI."""
+
+
+def check_num_classes(value: Any, what: str = "num_classes") -> int:
+    """``value`` as a class count (a whole number >= 2), or :class:`ModelValueError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ModelValueError(f"{what} must be a whole number >= 2, got {value!r}")
+    return value
+
+
+def check_positive(value: Any, what: str) -> float:
+    """``value`` as a finite number > 0 (init scales), or :class:`ModelValueError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ModelValueError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -57,20 +83,134 @@ class Classifier(nn.Module):
     Exercise 1 of the TF tutorial done right: the network returns logits, the loss
     consumes logits (cross-entropy applies log-softmax itself) and probabilities are
     produced only here, for prediction.
+
+    timm-style conveniences: :meth:`get_classifier`, :meth:`reset_classifier`,
+    :attr:`pretrained_cfg`, and :meth:`preprocess` (raw uint8 NCHW images -> model input).
     """
 
     input_spec: InputSpec = InputSpec()
     num_classes: int = 10
+    in_chans: int = 3
+    classes: list[str] | None = None  # class names, when known (set by localconv.load_run)
 
     def __init__(self) -> None:
         super().__init__()
         # Temperature for calibrated probabilities (1 = uncalibrated); saved with the weights.
         self.register_buffer("temperature", torch.ones(()))
 
+    # ------------------------------------------------------------------ input checks and preprocessing
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse a model input of the wrong shape ([N, in_chans, crop, crop] floats).
+
+        Shapes are known on the host, so this costs nothing inside compiled or captured steps.
+        Without it a 24x24 cfg network silently takes 32x32 or 40x40 images and reads a corner.
+        """
+        crop, chans = self.input_spec.crop, self.in_chans
+        if x.dim() != 4 or x.shape[1] != chans or x.shape[2] != crop or x.shape[3] != crop:
+            raise ModelValueError(
+                f"{self._name()} takes preprocessed images [N, {chans}, {crop}, {crop}], got "
+                f"{list(x.shape)}; give raw uint8 images [N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}] to "
+                f"predict_proba/preprocess, which crop and normalize them")
+        if x.dtype == torch.uint8:
+            raise ModelValueError(f"{self._name()}: the network takes preprocessed float images; raw uint8 "
+                                  "images go through model.preprocess(x) (predict_proba does it for you)")
+
+    def _name(self) -> str:
+        return f"model {getattr(self, 'model_name', None) or type(self).__name__!s}"
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw uint8 images ``[N, C, 32, 32]`` (NCHW, 0..255; one ``[C, 32, 32]`` image is also
+        accepted) -> the float input of the network: the centre crop, normalized as in evaluation.
+
+        The same code prepares test images in ``localconv eval`` (``data.augment.eval_batch``).
+        """
+        if not isinstance(images, torch.Tensor):
+            raise ModelValueError(f"preprocess takes a uint8 tensor [N, C, H, W], got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise ModelValueError(f"preprocess takes raw uint8 images (0..255), got {images.dtype}")
+        if images.dim() == 3:
+            images = images[None]
+        chans = self.in_chans
+        if images.dim() == 4 and images.shape[-1] == chans and images.shape[1] != chans:
+            raise ModelValueError(f"images of shape {list(images.shape)} look channels-last (NHWC); give NCHW "
+                                  f"[N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}]: images.permute(0, 3, 1, 2)")
+        if images.dim() != 4 or tuple(images.shape[1:]) != (chans, SOURCE_SIZE, SOURCE_SIZE):
+            raise ModelValueError(f"preprocess takes uint8 images [N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}] "
+                                  f"(NCHW), got {list(images.shape)}; resize larger images to "
+                                  f"{SOURCE_SIZE}x{SOURCE_SIZE} first")
+        # augment imports InputSpec from this module at import time: imported here, at call time.
+        from ..data.augment import eval_batch
+
+        device = next((b.device for b in self.buffers()), images.device)
+        mean = getattr(self, "pixel_mean", None) if self.needs_pixel_mean() else None
+        return eval_batch(images.to(device), self.input_spec, mean)
+
+    def _check_value_range(self, x: torch.Tensor) -> None:
+        """Refuse float inputs that cannot be this model's preprocessed images.
+
+        Per-image standardization gives every image mean 0 and standard deviation <= 1, so raw
+        0..255 floats (or most 0..1 floats) are recognised and refused instead of giving wrong
+        probabilities. Mean-subtracted inputs (cfg models) have no such invariant: not checked.
+        """
+        if self.input_spec.normalize != "standardize" or x.numel() == 0:
+            return
+        flat = x.detach().float().flatten(1)
+        mean = flat.mean(1).abs().max()
+        std = flat.std(1, unbiased=False).max()
+        if float(mean) > STANDARDIZED_MAX_MEAN or float(std) > STANDARDIZED_MAX_STD:
+            raise ModelValueError(
+                f"{self._name()}: float input is not per-image standardized (|mean| up to {float(mean):.3g}, "
+                f"std up to {float(std):.3g}; expected 0 and <= 1): give raw uint8 images, or "
+                "model.preprocess(uint8 images)")
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (rows sum to 1) for preprocessed inputs ``x``."""
+        """Class probabilities (rows sum to 1).
+
+        ``x``: raw uint8 images ``[N, C, 32, 32]`` (preprocessed here, see :meth:`preprocess`) or
+        already preprocessed floats ``[N, C, crop, crop]`` (for standardizing models, floats that
+        are not standardized, e.g. 0..255 pixels, are refused).
+        """
+        if x.dtype == torch.uint8:
+            x = self.preprocess(x)
+        else:
+            self.check_input(x)
+            self._check_value_range(x)
         return torch.softmax(self(x).float() / self.temperature, dim=-1)
+
+    # ------------------------------------------------------------------ classifier head (timm names)
+
+    def get_classifier(self) -> nn.Module:
+        """The layer that produces the logits."""
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the logits layer by a freshly initialised one with ``num_classes`` outputs."""
+        raise NotImplementedError
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """What a caller needs to feed the model (timm's ``pretrained_cfg``, for localconv models)."""
+        spec = self.input_spec
+        norm = {"standardize": "per-image standardization", "pixel_mean": "per-pixel mean subtraction",
+                "none": "none"}[spec.normalize]
+        return {
+            "architecture": getattr(self, "model_name", None) or "cfg",
+            "input_size": (self.in_chans, spec.crop, spec.crop),
+            "source_size": (self.in_chans, SOURCE_SIZE, SOURCE_SIZE),
+            "input_dtype": "uint8 NCHW (0..255) for preprocess/predict_proba",
+            "crop_pct": spec.crop / SOURCE_SIZE,
+            "crop_mode": "center",
+            "normalization": norm,
+            # per-image standardization has no fixed mean/std; the pixel mean is model.pixel_mean
+            "mean": None,
+            "std": None,
+            "train_augmentation": {"random_crop": spec.crop < SOURCE_SIZE, "flip": spec.flip,
+                                   "brightness_contrast": spec.photometric},
+            "num_classes": self.num_classes,
+            "classes": list(self.classes) if self.classes is not None else None,
+        }
 
     def regularization_loss(self) -> torch.Tensor | float:
         """Loss-term weight decay (TF style, ``wd * sum(w^2) / 2``); 0 for models without it."""

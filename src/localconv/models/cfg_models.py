@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 
 from ..configs import CfgNet, build_cfg_model
-from .base import Classifier
+from .base import Classifier, ModelValueError
 from .registry import register_model
 
 # Schedules. cc-11pct: REFERENCE section 3 (350 epochs on batches 1-4, 150 more with batch 5,
@@ -46,32 +46,37 @@ def shipped_cfg_text(name: str) -> tuple[str, str]:
             (files / f"{name}.params.cfg").read_text(encoding="utf-8"))
 
 
-def build_shipped(name: str, crop: int, flip: bool | None) -> CfgNet:
+def build_shipped(name: str, crop: int, flip: bool | None, num_classes: int = 10, in_chans: int = 3) -> CfgNet:
+    if in_chans != 3:
+        raise ModelValueError(f"model {name!r} takes 3-channel images only (in_chans={in_chans!r}): its layer file "
+                              f"fixes the input channels (channels=3 in {name}.layers.cfg); copy the file from "
+                              "localconv/configs/files/, change the first layer's channels, and use --cfg")
     layers, params = shipped_cfg_text(name)
-    model = build_cfg_model(layers, params, f"{name}.layers.cfg", f"{name}.params.cfg", crop=crop, flip=flip)
+    model = build_cfg_model(layers, params, f"{name}.layers.cfg", f"{name}.params.cfg", crop=crop, flip=flip,
+                            num_classes=num_classes if num_classes != 10 else None)
     model.default_schedule = SCHEDULES[name]
     return model
 
 
 @register_model("cc-11pct")
-def cc_11pct(crop: int = 24, flip: bool | None = None) -> Classifier:
+def cc_11pct(crop: int = 24, flip: bool | None = None, num_classes: int = 10, in_chans: int = 3) -> Classifier:
     """cuda-convnet 11% net: 2 conv + 2 locally connected layers + fc (2,112,970 params at 24x24)."""
-    return build_shipped("cc-11pct", crop, flip)
+    return build_shipped("cc-11pct", crop, flip, num_classes, in_chans)
 
 
 @register_model("cc-13pct")
-def cc_13pct(crop: int = 24, flip: bool | None = None) -> Classifier:
+def cc_13pct(crop: int = 24, flip: bool | None = None, num_classes: int = 10, in_chans: int = 3) -> Classifier:
     """cuda-convnet 13% net: cc-11pct without normalization, local3 with 32 filters (1,116,490 params)."""
-    return build_shipped("cc-13pct", crop, flip)
+    return build_shipped("cc-13pct", crop, flip, num_classes, in_chans)
 
 
 @register_model("cc-18pct")
-def cc_18pct(crop: int = 32, flip: bool | None = False) -> Classifier:
+def cc_18pct(crop: int = 32, flip: bool | None = False, num_classes: int = 10, in_chans: int = 3) -> Classifier:
     """cuda-convnet 18% net: 3 conv layers, rnorm, avg pools; whole 32x32 images (89,578 params)."""
-    return build_shipped("cc-18pct", crop, flip)
+    return build_shipped("cc-18pct", crop, flip, num_classes, in_chans)
 
 
 @register_model("cc-80sec")
-def cc_80sec(crop: int = 32, flip: bool | None = False) -> Classifier:
+def cc_80sec(crop: int = 32, flip: bool | None = False, num_classes: int = 10, in_chans: int = 3) -> Classifier:
     """cuda-convnet 80-second net (26%): cc-18pct without rnorm, plus fc64 (145,578 params)."""
-    return build_shipped("cc-80sec", crop, flip)
+    return build_shipped("cc-80sec", crop, flip, num_classes, in_chans)

@@ -5,10 +5,11 @@ cuda-convnet models register one factory per shipped config file.
 """
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Callable
 
 from ..errors import ModelError
-from .base import Classifier
+from .base import Classifier, ModelValueError, check_num_classes
 
 _REGISTRY: dict[str, tuple[Callable[..., Classifier], str]] = {}
 
@@ -17,6 +18,8 @@ def register_model(name: str, description: str = "") -> Callable[[Callable[..., 
     """Decorator: register ``fn(**kw) -> Classifier`` under ``name``."""
 
     def wrap(fn: Callable[..., Classifier]) -> Callable[..., Classifier]:
+        if canonical_name(name) != name:  # lookups fold '_' and case into this form
+            raise ValueError(f"model name {name!r} must be lower case with '-', e.g. {canonical_name(name)!r}")
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         doc_line = (fn.__doc__ or "").strip().splitlines()[:1]
@@ -32,28 +35,53 @@ def _ensure_builtins() -> None:
     from . import cfg_models  # noqa: F401
 
 
-def list_models() -> list[str]:
+def canonical_name(name: str) -> str:
+    """``tf_tutorial`` and ``TF-Tutorial`` name ``tf-tutorial``: registered names use '-' and lower case."""
+    return name.strip().lower().replace("_", "-")
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` filters them as a shell pattern (``"cc-*"``,
+    ``"tf_*"``: '_' and '-' are the same here)."""
     _ensure_builtins()
-    return sorted(_REGISTRY)
+    names = sorted(_REGISTRY)
+    if pattern is None:
+        return names
+    if not isinstance(pattern, str):
+        raise ModelValueError(f"pattern must be a string like 'cc-*', got {pattern!r}")
+    return [n for n in names if fnmatch.fnmatchcase(n, canonical_name(pattern))]
 
 
 def model_description(name: str) -> str:
     _ensure_builtins()
-    return _REGISTRY[name][1]
+    return _REGISTRY[canonical_name(name)][1]
 
 
 def create_model(name: str, **kwargs: Any) -> Classifier:
-    """Build a registered model by name; unknown names raise :class:`ModelError`."""
+    """Build a registered model by name (``tf-tutorial`` or ``tf_tutorial``), timm style.
+
+    Every built-in model takes ``num_classes`` (a whole number >= 2; default 10) and ``in_chans``
+    (any for the tf-tutorial family; 3 only for the cc-* networks, whose layer files fix the input
+    channels). Unknown names raise :class:`ModelError`; bad option values raise
+    :class:`~localconv.models.base.ModelValueError` (a ``ValueError`` too).
+    """
     _ensure_builtins()
-    if name not in _REGISTRY:
+    if not isinstance(name, str):
+        raise ModelValueError(f"model name must be a string, got {name!r}")
+    key = canonical_name(name)
+    if key not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ModelError(f"unknown model {name!r}; known models: {known}")
+    if "num_classes" in kwargs:
+        check_num_classes(kwargs["num_classes"])
     try:
-        model = _REGISTRY[name][0](**kwargs)
+        model = _REGISTRY[key][0](**kwargs)
     except TypeError as exc:  # an unknown keyword option
-        raise ModelError(f"model {name!r}: {exc}") from None
-    model.model_name = name
-    model.model_kwargs = dict(kwargs)
+        raise ModelError(f"model {key!r}: {exc}") from None
+    model.model_name = key
+    # Defaults are not stored: a 10-class model's spec stays what it always was.
+    model.model_kwargs = {k: v for k, v in kwargs.items()
+                          if not (k == "num_classes" and v == 10) and not (k == "in_chans" and v == 3)}
     return model
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..nn import LocallyConnected2d
 from ..nn.lrn import CrossMapLRN
-from .base import Classifier, GroupSpec, InputSpec
+from .base import Classifier, GroupSpec, InputSpec, ModelValueError, check_num_classes, check_positive
 from .registry import register_model
 
 
@@ -40,12 +40,15 @@ class TFTutorialNet(Classifier):
     input_spec = InputSpec(crop=24, normalize="standardize", photometric=True)
 
     def __init__(self, top: str = "fc", conv1_std: float = 5e-2, conv2_std: float = 5e-2,
-                 num_classes: int = 10) -> None:
+                 num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
-        if conv1_std <= 0 or conv2_std <= 0:
-            raise ValueError("init std must be positive")
-        self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
+        check_positive(conv1_std, "conv1_std")
+        check_positive(conv2_std, "conv2_std")
+        self.num_classes = check_num_classes(num_classes)
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ModelValueError(f"in_chans must be a whole number >= 1, got {in_chans!r}")
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, 64, 5, padding=2)
         self.pool1 = tf_same_maxpool()
         self.norm1 = tf_lrn()
         self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
@@ -61,30 +64,29 @@ class TFTutorialNet(Classifier):
         if top == "fc":
             self.local3 = nn.Linear(6 * 6 * 64, 384)
             self.local4 = nn.Linear(384, 192)
-            self.softmax_linear = nn.Linear(192, num_classes)
-            for layer, std, bias in ((self.local3, 0.04, 0.1), (self.local4, 0.04, 0.1),
-                                     (self.softmax_linear, 1 / 192.0, 0.0)):
+            self.softmax_linear = self._new_head(num_classes)
+            for layer, std, bias in ((self.local3, 0.04, 0.1), (self.local4, 0.04, 0.1)):
                 trunc_normal_(layer.weight, std)
                 nn.init.constant_(layer.bias, bias)
+            self._init_head(self.softmax_linear)
             self._decay = [("local3", 0.004), ("local4", 0.004)]
         elif top == "conv":
             self.local3 = nn.Conv2d(64, 64, 3, padding=1)
             self.local4 = nn.Conv2d(64, 32, 3, padding=1)
-            self.softmax_linear = nn.Linear(6 * 6 * 32, num_classes)
-            for layer, std, bias in ((self.local3, 0.04, 0.1), (self.local4, 0.04, 0.1),
-                                     (self.softmax_linear, 0.01, 0.0)):
+            self.softmax_linear = self._new_head(num_classes)
+            for layer, std, bias in ((self.local3, 0.04, 0.1), (self.local4, 0.04, 0.1)):
                 trunc_normal_(layer.weight, std)
                 nn.init.constant_(layer.bias, bias)
+            self._init_head(self.softmax_linear)
             self._decay = [("local3", 0.004), ("local4", 0.004)]
         elif top == "local":
             # cuda-convnet cc-11pct top: local3/local4 3x3 pad 1 unshared, fc10; its initW and wc.
             self.local3 = LocallyConnected2d(64, 64, 6, 3, padding=1, init_std=0.04)
             self.local4 = LocallyConnected2d(64, 32, 6, 3, padding=1, init_std=0.04)
-            self.softmax_linear = nn.Linear(6 * 6 * 32, num_classes)
+            self.softmax_linear = self._new_head(num_classes)
             for layer in (self.local3, self.local4):
                 nn.init.constant_(layer.bias, 0.1)
-            nn.init.normal_(self.softmax_linear.weight, std=0.01)
-            nn.init.zeros_(self.softmax_linear.bias)
+            self._init_head(self.softmax_linear)
             self._decay = [("local3", 0.004), ("local4", 0.004), ("softmax_linear", 0.01)]
         else:
             raise ValueError(f"unknown top {top!r} (fc, conv, local)")
@@ -94,7 +96,36 @@ class TFTutorialNet(Classifier):
         x = self.norm1(self.pool1(self.relu(self.conv1(x))))
         return self.pool2(self.norm2(self.relu(self.conv2(x))))
 
+    # The head is created and initialised in two calls, at the places the random draws always
+    # had: the same seed gives the same initial weights as before the head became resettable.
+    def _new_head(self, num_classes: int) -> nn.Linear:
+        return nn.Linear(192 if self.top == "fc" else 6 * 6 * 32, num_classes)
+
+    def _init_head(self, head: nn.Linear) -> None:
+        """The tutorial's init (fc and conv tops) or cuda-convnet's fc10 init (local top)."""
+        if self.top == "local":
+            nn.init.normal_(head.weight, std=0.01)
+        else:
+            trunc_normal_(head.weight, 1 / 192.0 if self.top == "fc" else 0.01)
+        nn.init.zeros_(head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.softmax_linear
+
+    def reset_classifier(self, num_classes: int) -> None:
+        num_classes = check_num_classes(num_classes)
+        old = self.softmax_linear
+        head = self._new_head(num_classes)
+        self._init_head(head)
+        self.softmax_linear = head.to(device=old.weight.device, dtype=old.weight.dtype)
+        self.num_classes = num_classes
+        if hasattr(self, "model_kwargs"):  # what a run folder stores to rebuild the model
+            self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k != "num_classes"}
+            if num_classes != 10:
+                self.model_kwargs["num_classes"] = num_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         x = self.features(x)
         if self.top == "fc":
             x = x.flatten(1)
@@ -111,18 +142,21 @@ class TFTutorialNet(Classifier):
 
 
 @register_model("tf-tutorial")
-def tf_tutorial(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10) -> Classifier:
+def tf_tutorial(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
+                in_chans: int = 3) -> Classifier:
     """TF CIFAR-10 tutorial network, fully connected top (1,068,298 params)."""
-    return TFTutorialNet("fc", conv1_std, conv2_std, num_classes)
+    return TFTutorialNet("fc", conv1_std, conv2_std, num_classes, in_chans)
 
 
 @register_model("tf-tutorial-conv")
-def tf_tutorial_conv(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10) -> Classifier:
+def tf_tutorial_conv(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
+                     in_chans: int = 3) -> Classifier:
     """TF tutorial with a shared-weight 3x3 conv top (174,250 params)."""
-    return TFTutorialNet("conv", conv1_std, conv2_std, num_classes)
+    return TFTutorialNet("conv", conv1_std, conv2_std, num_classes, in_chans)
 
 
 @register_model("tf-tutorial-local")
-def tf_tutorial_local(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10) -> Classifier:
+def tf_tutorial_local(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
+                      in_chans: int = 3) -> Classifier:
     """TF tutorial with cc-11pct's locally connected top, exercise 2 (2,112,970 params)."""
-    return TFTutorialNet("local", conv1_std, conv2_std, num_classes)
+    return TFTutorialNet("local", conv1_std, conv2_std, num_classes, in_chans)
