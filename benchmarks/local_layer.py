@@ -9,8 +9,8 @@ Every figure is a ratio against a baseline measured in the same run, on the same
   conv2d         F.conv2d, shared weights: the lower bound (target: localconv <= 1.5x on GPU, <= 2x on CPU)
   snippet        the widely copied broadcast-multiply LocallyConnected2d (N*O*C*L*k^2 temporary)
   unfold-einsum  F.unfold + einsum with plain autograd
-Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns), local-portable-keepcols
-(backward keeps the columns) and, on CUDA, local-triton (fused kernels).
+Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns) and, on CUDA,
+local-triton (fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from localconv.nn import functional as local_functional
 from localconv.nn.functional import local_conv2d
 
 BASELINES = ("conv2d", "unfold-einsum", "snippet")
@@ -73,7 +72,7 @@ def benchmark_shapes(quick: bool = False) -> list[Shape]:
 
 
 def local_methods(device: str) -> list[str]:
-    return ["local-portable", "local-portable-keepcols"] + (["local-triton"] if device == "cuda" else [])
+    return ["local-portable"] + (["local-triton"] if device == "cuda" else [])
 
 
 def default_local_method(device: str) -> str:
@@ -105,11 +104,6 @@ def unfold_einsum_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y.reshape(n, o, oh, ow) + bias
 
 
-def keepcols_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad: int) -> torch.Tensor:
-    """localconv's portable backend with the backward that keeps the columns instead of the input."""
-    return local_functional._LocalConv2dFunction.apply(x, weight, bias, (1, 1), (pad,) * 4, "portable", True)
-
-
 def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torch.float32,
                autocast_dtype: torch.dtype | None = None, seed: int = 0) -> Callable[[], None]:
     """Allocate inputs and parameters for ``method`` at ``shape``; return a closure doing forward + backward."""
@@ -133,8 +127,6 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
         params = [param(out, out, s.o, s.c, k, k), param(s.o, out, out)]
         if method == "unfold-einsum":
             forward = lambda: unfold_einsum_forward(x, params[0], params[1], k, pad)  # noqa: E731
-        elif method == "local-portable-keepcols":
-            forward = lambda: keepcols_forward(x, params[0], params[1], pad)  # noqa: E731
         elif method in ("local-portable", "local-triton"):
             backend = method.split("-")[1]
             forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731

@@ -17,13 +17,18 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "create_model": "localconv.models",
     "list_models": "localconv.models",
+    "LocallyConnected1d": "localconv.nn",
     "LocallyConnected2d": "localconv.nn",
+    "LocallyConnected3d": "localconv.nn",
+    "LazyLocallyConnected1d": "localconv.nn",
+    "LazyLocallyConnected2d": "localconv.nn",
+    "LazyLocallyConnected3d": "localconv.nn",
 }
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .models import create_model, list_models
     from .nn import (LazyLocallyConnected1d, LazyLocallyConnected2d, LazyLocallyConnected3d, LocallyConnected1d,
-                 LocallyConnected2d, LocallyConnected3d)
+                     LocallyConnected2d, LocallyConnected3d)
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +52,5 @@ def load_run(path, which: str = "ema", device: str = "cpu"):  # noqa: ANN001, AN
 
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d", "LazyLocallyConnected1d",
-           "LazyLocallyConnected2d", "LazyLocallyConnected3d", "LocalconvError", "create_model", "list_models", "load_run", "__version__"]
+           "LazyLocallyConnected2d", "LazyLocallyConnected3d", "LocalconvError", "create_model", "list_models",
+           "load_run", "__version__"]

@@ -1,22 +1,24 @@
-"""Functional locally connected (unshared-weight) 2-D convolution.
+"""Functional locally connected (unshared-weight) convolutions, 1-D/2-D/3-D.
 
-``local_conv2d(x, weight, bias, stride, padding)`` computes, for every output position (i, j)::
+``local_conv2d(x, weight, bias, stride, padding, dilation=1, groups=1)`` computes, for every output
+position (i, j)::
 
-    y[n, o, i, j] = sum_{c,u,v} weight[i, j, o, c, u, v] * xpad[n, c, i*sh + u, j*sw + v] + bias[o, i, j]
+    y[n, g*O/G + o', i, j] = sum_{c', u, v} weight[i, j, g*O/G + o', c', u, v]
+                              * xpad[n, g*C/G + c', i*sh + u*dh, j*sw + v*dw] + bias[g*O/G + o', i, j]
 
-with ``weight [out_h, out_w, out_channels, in_channels, kh, kw]`` (one ordinary conv filter bank per
-output position) and ``bias [out_channels, out_h, out_w]``.
+with ``weight [out_h, out_w, out_channels, in_channels/groups, kh, kw]`` (one ordinary grouped conv
+filter bank per output position) and ``bias [out_channels, out_h, out_w]`` (untied) or
+``[out_channels]`` (shared). ``local_conv1d``/``local_conv3d`` are the same with one/three spatial
+dimensions (weight ``[*out, O, C/groups, *kernel]``).
 
-Two backends compute it, behind one autograd Function:
+Two backends compute it, behind differentiable ops (:mod:`localconv.nn.local_ops`):
 
 * ``portable`` (any device): im2col + batched matmul over output positions, in chunks of rows,
-  :mod:`localconv.nn.local_portable`. Backward keeps only the input and rebuilds the columns
-  chunk by chunk (``_KEEP_COLS = True`` keeps all columns instead; measured in docs/local_layer.md).
-* ``triton`` (CUDA): fused implicit-GEMM kernels, :mod:`localconv.nn.triton_local`; backward
-  keeps only the input.
+  :mod:`localconv.nn.local_portable`;
+* ``triton`` (CUDA, 1-D and 2-D): fused implicit-GEMM kernels, :mod:`localconv.nn.triton_local`.
 
 ``backend=None`` reads ``LOCALCONV_LOCAL_BACKEND`` (default ``auto``: triton on CUDA when importable
-and the shapes/dtypes are supported, else portable).
+and the call is supported, else portable).
 """
 from __future__ import annotations
 
@@ -26,17 +28,15 @@ from types import ModuleType
 
 import torch
 
-from . import local_portable
-from .utils import _padding4, _pair, conv_output_size, output_memory_format
+from . import local_ops
+from .local_args import check_call, ntuple, padding_pairs
+from .utils import _pair
 
-__all__ = ["local_conv2d", "select_backend", "BACKENDS", "BACKEND_ENV", "_pair"]
+__all__ = ["local_conv1d", "local_conv2d", "local_conv3d", "local_conv", "select_backend", "BACKENDS",
+           "BACKEND_ENV", "_pair"]
 
 BACKENDS = ("auto", "portable", "triton")
 BACKEND_ENV = "LOCALCONV_LOCAL_BACKEND"
-
-# Backward of the portable path keeps the input and rebuilds the columns (False), or keeps all
-# columns (True: kh*kw times the input's memory); benchmarks/local_layer.py measures both.
-_KEEP_COLS = False
 
 _triton_module: ModuleType | None = None
 _triton_checked = False
@@ -60,7 +60,7 @@ def _interpreter_on() -> bool:
 
 
 def select_backend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   backend: str | None = None) -> str:
+                   backend: str | None = None, spec: local_ops.Spec | None = None) -> str:
     """Resolve ``backend`` (or ``$LOCALCONV_LOCAL_BACKEND``, default ``auto``) to 'portable' or 'triton'.
 
     ``auto`` picks triton for supported CUDA tensors; a forced ``triton`` that cannot run raises
@@ -81,35 +81,16 @@ def select_backend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                              "(the Triton kernels need CUDA, or TRITON_INTERPRET=1 for testing)")
         return "portable"
     module = _load_triton()
+    dims = x.dim() - 2
+    if spec is None:
+        spec = local_ops.Spec((1,) * dims, (0,) * (2 * dims), (1,) * dims, 1)
     reason = "triton is not installed" if module is None else module.unsupported_reason(
-        x, weight, bias, allow_cpu=_interpreter_on())
+        x, weight, bias, spec, allow_cpu=_interpreter_on())
     if reason is None:
         return "triton"
     if forced:
         raise ValueError(f"{source} forces backend 'triton', which cannot run this call: {reason}")
     return "portable"
-
-
-def _check_shapes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  stride: tuple[int, int], pads: tuple[int, int, int, int]) -> None:
-    """Raise ValueError stating the expected and actual shapes when they do not fit together."""
-    if weight.dim() != 6:
-        raise ValueError("weight must be [out_h, out_w, out_channels, in_channels, kh, kw], "
-                         f"got shape {list(weight.shape)}")
-    oh, ow, o, c, kh, kw = weight.shape
-    if x.dim() != 4 or x.shape[1] != c:
-        raise ValueError(f"expected input [N, {c}, H, W] (in_channels from the weight), got {list(x.shape)}")
-    if min(stride) < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    top, bottom, left, right = pads
-    h, w = x.shape[2:]
-    expected = (conv_output_size(h, kh, stride[0], top, bottom), conv_output_size(w, kw, stride[1], left, right))
-    if expected != (oh, ow):
-        raise ValueError(f"input {list(x.shape)} with kernel {(kh, kw)}, stride {stride}, padding "
-                         f"(top, bottom, left, right)={pads} gives {expected[0]}x{expected[1]} output positions, "
-                         f"but the weight {list(weight.shape)} has {oh}x{ow}")
-    if bias is not None and tuple(bias.shape) != (o, oh, ow):
-        raise ValueError(f"expected bias [{o}, {oh}, {ow}] (out_channels, out_h, out_w), got {list(bias.shape)}")
 
 
 def _autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -128,76 +109,63 @@ def _autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return cast(x), cast(weight), cast(bias)
 
 
-class _LocalConv2dFunction(torch.autograd.Function):
-    """Shared autograd for both backends; saves the input (or, portable with keep_cols, the columns)."""
+def local_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               stride: int | Sequence[int] = 1, padding: int | str | Sequence[int] = 0,
+               dilation: int | Sequence[int] = 1, groups: int = 1, backend: str | None = None) -> torch.Tensor:
+    """Locally connected convolution with ``d = weight.dim() // 2 - 1`` spatial dimensions.
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: ANN001
-                stride: tuple[int, int], pads: tuple[int, int, int, int], backend: str,
-                keep_cols: bool) -> torch.Tensor:
-        geo = local_portable.geometry(x.shape, weight.shape, stride, pads)
-        ctx.geo, ctx.memory_format = geo, output_memory_format(x)
-        ctx.backend, ctx.keep_cols, ctx.has_bias = backend, keep_cols, bias is not None
-        if backend == "triton":
-            y = _load_triton().forward(x, weight, bias, stride, (pads[0], pads[2]))
-            ctx.save_for_backward(x, weight)
-            return y
-        cols = local_portable.columns(x, geo) if keep_cols else None
-        y = local_portable.forward(x, weight, bias, geo, ctx.memory_format, cols=cols)
-        ctx.save_for_backward(cols if keep_cols else x, weight)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # double backward raises instead of being silently wrong
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
-        saved, weight = ctx.saved_tensors
-        geo = ctx.geo
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = grad_b = None
-        if need_b and ctx.has_bias:
-            grad_b = grad_out.sum(0)
-        if ctx.backend == "triton":
-            triton_local = _load_triton()
-            top_left = (geo.pads[0], geo.pads[2])
-            if need_w:
-                grad_w = triton_local.grad_weight(grad_out, saved, list(weight.shape), geo.stride, top_left)
-            if need_x:
-                grad_x = triton_local.grad_input(grad_out, weight, list(geo.input_shape), geo.stride, top_left,
-                                                 ctx.memory_format)
-        elif need_x or need_w:
-            x, cols = (None, saved) if ctx.keep_cols else (saved, None)
-            grad_x, grad_w = local_portable.backward(grad_out, x, weight, geo, need_x, need_w,
-                                                     ctx.memory_format, cols=cols)
-        return grad_x, grad_w, grad_b, None, None, None, None
-
-
-def local_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 stride: int | tuple[int, int] = 1, padding: int | Sequence[int] = 0,
-                 backend: str | None = None) -> torch.Tensor:
-    """Locally connected 2-D convolution of ``x [N, C, H, W]`` -> ``[N, O, out_h, out_w]``.
-
-    weight: ``[out_h, out_w, out_channels, in_channels, kh, kw]``; bias: ``[out_channels, out_h, out_w]``.
-    stride: int or (sh, sw). padding: int, (ph, pw), or (top, bottom, left, right); zeros.
-    out size per side = ``floor((in + pad_before + pad_after - k) / stride) + 1``, which must
-    match the weight's (out_h, out_w). backend: 'auto' | 'portable' | 'triton' | None (= env var).
+    x ``[N, C, *S]``; weight ``[*out, O, C/groups, *kernel]``; bias ``[O, *out]`` or ``[O]``.
+    stride, dilation: int or d ints. padding: int, d ints, 2*d ints (before, after per dimension),
+    'valid' or 'same'. Output size per dimension
+    ``floor((in + before + after - dilation*(k - 1) - 1) / stride) + 1`` must be the weight's.
     Raises ValueError (stating expected and actual shapes) when the shapes do not fit.
     """
-    stride, pads = _pair(stride), _padding4(padding)
-    _check_shapes(x, weight, bias, stride, pads)
+    if weight.dim() < 4 or weight.dim() % 2:
+        raise ValueError(f"weight must be [*out, out_channels, in_channels/groups, *kernel] (4, 6 or 8 "
+                         f"dimensions), got shape {list(weight.shape)}")
+    dims = weight.dim() // 2 - 1
+    kernel = tuple(weight.shape[dims + 2:])
+    stride_t = ntuple(stride, dims, "stride")
+    dilation_t = ntuple(dilation, dims, "dilation")
+    pads = padding_pairs(padding, dims, kernel, stride_t, dilation_t)
+    check_call(x, weight, bias, dims, stride_t, pads, dilation_t, groups)
     x, weight, bias = _autocast_inputs(x, weight, bias)
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise ValueError(f"input, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}, "
                          f"{bias.dtype if bias is not None else None}")
-    chosen = select_backend(x, weight, bias, backend)
-    if chosen == "portable":
-        return _portable_apply(x, weight, bias, stride, pads)
-    return _LocalConv2dFunction.apply(x, weight, bias, stride, pads, chosen, _KEEP_COLS)
+    spec = local_ops.Spec(stride_t, pads, dilation_t, int(groups))
+    return local_ops.apply(x, weight, bias, spec, select_backend(x, weight, bias, backend, spec))
 
 
-@torch.compiler.disable
-def _portable_apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                    pads: tuple[int, int, int, int]) -> torch.Tensor:
-    # Opaque to torch.compile: tracing the chunk loops unrolls them (compiling cc-11pct took minutes on
-    # 2 CPU cores); they are already whole-batch GEMMs, so compiling them gains nothing. (The Triton
-    # backend is a custom op, opaque by construction.)
-    return _LocalConv2dFunction.apply(x, weight, bias, stride, pads, "portable", _KEEP_COLS)
+def _dims_checked(weight: torch.Tensor, dims: int, name: str) -> None:
+    if weight.dim() != 2 + 2 * dims:
+        raise ValueError(f"{name}: weight must have {2 + 2 * dims} dimensions "
+                         f"([*out, out_channels, in_channels/groups, *kernel]), got shape {list(weight.shape)}")
+
+
+def local_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 stride: int | Sequence[int] = 1, padding: int | str | Sequence[int] = 0,
+                 dilation: int | Sequence[int] = 1, groups: int = 1, backend: str | None = None) -> torch.Tensor:
+    """``x [N, C, L]``, ``weight [out_l, O, C/groups, k]``, bias ``[O, out_l]`` or ``[O]``; see :func:`local_conv`."""
+    _dims_checked(weight, 1, "local_conv1d")
+    return local_conv(x, weight, bias, stride, padding, dilation, groups, backend)
+
+
+def local_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 stride: int | Sequence[int] = 1, padding: int | str | Sequence[int] = 0,
+                 backend: str | None = None, *, dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
+    """``x [N, C, H, W]``, ``weight [out_h, out_w, O, C/groups, kh, kw]``, bias ``[O, out_h, out_w]`` or ``[O]``.
+
+    padding: int, (ph, pw), (top, bottom, left, right), 'valid' or 'same'. See :func:`local_conv`.
+    (``backend`` stays the sixth positional argument, as before dilation and groups existed.)
+    """
+    _dims_checked(weight, 2, "local_conv2d")
+    return local_conv(x, weight, bias, stride, padding, dilation, groups, backend)
+
+
+def local_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 stride: int | Sequence[int] = 1, padding: int | str | Sequence[int] = 0,
+                 dilation: int | Sequence[int] = 1, groups: int = 1, backend: str | None = None) -> torch.Tensor:
+    """``x [N, C, D, H, W]``, ``weight [out_d, out_h, out_w, O, C/groups, kd, kh, kw]``; see :func:`local_conv`."""
+    _dims_checked(weight, 3, "local_conv3d")
+    return local_conv(x, weight, bias, stride, padding, dilation, groups, backend)

@@ -1,22 +1,24 @@
-"""Portable backend of the locally connected layer (any device torch supports): im2col + bmm.
+"""Portable backend of the locally connected layers (any device torch supports): im2col + bmm, 1-D/2-D/3-D.
 
-Per output position l the layer is one small GEMM, ``y[l] = cols[l] @ w[l]^T`` with
-``cols[l]: [N, K]`` (the input window of every image) and ``w[l]: [O, K]``, so all positions are one
-batched matmul over a ``[L, N, K]`` column tensor. That tensor is ``kh*kw`` times the input, so it is
-never built whole: positions are processed in chunks of whole output rows whose columns fit in
-``chunk_bytes`` (one reused buffer), in forward and in backward. This bounds the extra memory to
-one chunk and, on CPU, also saves time: freshly allocated large buffers cost a page fault per 4 KiB
-on first touch, several times the cost of the copy itself.
+Per output position l (and group g) the layer is one small GEMM, ``y[l, g] = cols[l, g] @ w[l, g]^T``
+with ``cols[l, g]: [N, K]`` (the input window of every image, K = C/groups * prod(kernel)) and
+``w[l, g]: [O/groups, K]``, so all positions are one batched matmul over a ``[L*groups, N, K]``
+column tensor. That tensor is ``prod(kernel)`` times the input, so it is never built whole:
+positions are processed in chunks of whole output "rows" (slabs of the first spatial dimension)
+whose columns fit in ``chunk_bytes`` (one reused buffer), in forward and in backward. This bounds the
+extra memory to one chunk and, on CPU, also saves time: freshly allocated large buffers cost a page
+fault per 4 KiB on first touch, several times the cost of the copy itself.
 
-Inside the chunks, K runs in (kh, kw, c) order (not the weight's (c, kh, kw)): the columns are then
-gathered from a channels-last copy of the input in runs of C contiguous values, and each tap of
-the input gradient is a contiguous [N, OH, OW, C] slab; the weight rows are permuted per chunk.
+Inside the chunks, K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then
+gathered from a channels-last copy of the input in runs of C/groups contiguous values, and each tap
+of the input gradient is a contiguous channels-last slab; the weight rows are permuted per chunk.
 
-Backward keeps only the input (and rebuilds each chunk's columns): measured against keeping all
-columns in docs/local_layer.md.
+These are plain tensor functions (no autograd): :mod:`localconv.nn.local_ops` wraps them.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -28,37 +30,73 @@ DEVICE_CHUNK_BYTES = 256 << 20  # CUDA: the caching allocator has no page-fault 
 
 
 class Geometry(NamedTuple):
-    """Static description of one call (all ints)."""
+    """Static description of one call (all ints); ``d`` spatial dimensions."""
 
-    input_shape: tuple[int, int, int, int]  # N, C, H, W
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pads: tuple[int, int, int, int]  # top, bottom, left, right
-    out_hw: tuple[int, int]
+    input_shape: tuple[int, ...]  # N, C, *spatial
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pads: tuple[int, ...]  # (before_0, after_0, before_1, after_1, ...)
+    dilation: tuple[int, ...]
+    out_size: tuple[int, ...]
     out_channels: int
+    groups: int
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel)
 
     @property
     def positions(self) -> int:
-        return self.out_hw[0] * self.out_hw[1]
+        return math.prod(self.out_size)
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel)
 
     @property
     def k(self) -> int:
-        return self.input_shape[1] * self.kernel[0] * self.kernel[1]
+        """Columns of all groups together: C * prod(kernel)."""
+        return self.input_shape[1] * self.taps
+
+    @property
+    def group_k(self) -> int:
+        return self.input_shape[1] // self.groups * self.taps
 
 
-def _padded_nhwc(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
-    """x as a contiguous ``[N, H + top + bottom, W + left + right, C]`` tensor, zero padded."""
-    top, bottom, left, right = pads
-    x_nhwc = x.permute(0, 2, 3, 1)
-    return F.pad(x_nhwc, (0, 0, left, right, top, bottom)) if any(pads) else x_nhwc.contiguous()
+def geometry(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Sequence[int], pads: Sequence[int],
+             dilation: Sequence[int], groups: int) -> Geometry:
+    """Geometry from ``x [N, C, *S]`` and ``weight [*out, O, C/groups, *kernel]``."""
+    d = len(x_shape) - 2
+    return Geometry(tuple(x_shape), tuple(weight_shape[-d:]), tuple(stride), tuple(pads), tuple(dilation),
+                    tuple(weight_shape[:d]), int(weight_shape[d]), int(groups))
+
+
+def channels_last_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last(_3d) when x is (and is not also plain contiguous, e.g. C == 1), else contiguous:
+    the layout F.convNd gives its output."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is not None and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
+        return fmt
+    return torch.contiguous_format
+
+
+def _padded_channels_last(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """x as a contiguous ``[N, *padded spatial, C]`` tensor, zero padded."""
+    x_cl = x.movedim(1, -1)
+    if not any(pads):
+        return x_cl.contiguous()
+    spec = [0, 0]
+    for dim in reversed(range(len(pads) // 2)):  # F.pad lists the last dimension first
+        spec += [pads[2 * dim], pads[2 * dim + 1]]
+    return F.pad(x_cl, spec)
 
 
 def _row_chunks(geo: Geometry, itemsize: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """Ranges of output rows whose columns take at most ``chunk_bytes`` (at least one row)."""
-    row_bytes = geo.out_hw[1] * geo.input_shape[0] * geo.k * itemsize
+    """Ranges of output rows (first spatial dimension) whose columns take at most ``chunk_bytes``."""
+    row_bytes = math.prod(geo.out_size[1:]) * geo.input_shape[0] * geo.k * itemsize
     rows = max(1, chunk_bytes // max(row_bytes, 1))
-    for r0 in range(0, geo.out_hw[0], rows):
-        yield r0, min(r0 + rows, geo.out_hw[0])
+    for r0 in range(0, geo.out_size[0], rows):
+        yield r0, min(r0 + rows, geo.out_size[0])
 
 
 def _chunk_bytes(device: torch.device, chunk_bytes: int | None) -> int:
@@ -68,87 +106,127 @@ def _chunk_bytes(device: torch.device, chunk_bytes: int | None) -> int:
 
 
 def _gather_columns(xp: torch.Tensor, geo: Geometry, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
-    """Columns of output rows [r0, r1) into ``out`` ``[(r1-r0)*OW, N, K]``, K in (kh, kw, c) order."""
-    (kh, kw), (sh, sw), ow = geo.kernel, geo.stride, geo.out_hw[1]
-    rows = xp[:, r0 * sh:(r1 - 1) * sh + kh]
-    windows = rows.unfold(1, kh, sh).unfold(2, kw, sw)[:, :r1 - r0, :ow]  # [N, rows, OW, C, kh, kw]
-    out.view(r1 - r0, ow, xp.shape[0], kh, kw, xp.shape[3]).copy_(windows.permute(1, 2, 0, 4, 5, 3))
+    """Columns of output rows [r0, r1) into ``out`` ``[(r1-r0)*L', groups, N, K/groups]``."""
+    n, c, g = geo.input_shape[0], geo.input_shape[1], geo.groups
+    rows, rest = r1 - r0, geo.out_size[1:]
+    strides = xp.stride()  # contiguous [N, *padded, C]
+    # A strided view of every window: [N, rows, *rest, *kernel, C] (stride and dilation in the strides).
+    windows = xp.as_strided(
+        (n, rows, *rest, *geo.kernel, c),
+        (strides[0], *(s * st for s, st in zip(geo.stride, strides[1:-1])),
+         *(dl * st for dl, st in zip(geo.dilation, strides[1:-1])), 1),
+        xp.storage_offset() + r0 * geo.stride[0] * strides[1])
+    d = geo.dims
+    windows = windows.unflatten(-1, (g, c // g))  # [N, rows, *rest, *kernel, g, cg]
+    order = (*range(1, d + 1), 2 * d + 1, 0, *range(d + 1, 2 * d + 1), 2 * d + 2)
+    out.view(rows, *rest, g, n, *geo.kernel, c // g).copy_(windows.permute(order))
     return out
 
 
-def _weight_columns(weight_rows: torch.Tensor) -> torch.Tensor:
-    """``[rows, OW, O, C, kh, kw]`` -> ``[rows*OW, O, K]`` with K in (kh, kw, c) order (a copy)."""
-    rows, ow, o, c, kh, kw = weight_rows.shape
-    return weight_rows.permute(0, 1, 2, 4, 5, 3).reshape(rows * ow, o, kh * kw * c)
+def _weight_columns(weight_rows: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``[rows, *rest, O, C/g, *kernel]`` -> ``[rows*L'*g, O/g, K/g]``, K in (*kernel, c) order (a copy)."""
+    d, g = geo.dims, geo.groups
+    positions = math.prod(weight_rows.shape[:d])
+    w = weight_rows.reshape(positions, g, geo.out_channels // g, *weight_rows.shape[d + 1:])
+    order = (0, 1, 2, *range(4, 4 + d), 3)
+    return w.permute(order).reshape(positions * g, geo.out_channels // g, geo.group_k)
 
 
 def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """All columns ``[L, N, K]`` at once (for the keep-columns variant of backward)."""
-    xp = _padded_nhwc(x, geo.pads)
-    out = x.new_empty((geo.positions, geo.input_shape[0], geo.k))
-    return _gather_columns(xp, geo, 0, geo.out_hw[0], out)
+    """All columns ``[L*groups, N, K/groups]`` at once (for the keep-columns variant of backward)."""
+    xp = _padded_channels_last(x, geo.pads)
+    out = x.new_empty((geo.positions * geo.groups, geo.input_shape[0], geo.group_k))
+    return _gather_columns(xp, geo, 0, geo.out_size[0], out)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: Geometry,
             memory_format: torch.memory_format, cols: torch.Tensor | None = None,
             chunk_bytes: int | None = None) -> torch.Tensor:
-    """``y [N, O, OH, OW]``; ``cols`` (from :func:`columns`) skips the gathering."""
-    n, ow, o = geo.input_shape[0], geo.out_hw[1], geo.out_channels
-    y = x.new_empty((geo.positions, n, o))
-    xp = _padded_nhwc(x, geo.pads) if cols is None else None
+    """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared); ``cols`` skips the gathering."""
+    n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
+    per_row = math.prod(geo.out_size[1:])
+    y = x.new_empty((geo.positions * g, n, o // g))
+    xp = _padded_channels_last(x, geo.pads) if cols is None else None
     buffer = None
     for r0, r1 in _row_chunks(geo, x.element_size(), _chunk_bytes(x.device, chunk_bytes)):
-        l0, l1 = r0 * ow, r1 * ow
+        l0, l1 = r0 * per_row * g, r1 * per_row * g
         if cols is not None:
             chunk = cols[l0:l1]
         else:
-            buffer = buffer if buffer is not None else x.new_empty((l1 - l0, n, geo.k))
+            buffer = buffer if buffer is not None else x.new_empty((l1 - l0, n, geo.group_k))
             chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-        torch.bmm(chunk, _weight_columns(weight[r0:r1]).transpose(1, 2), out=y[l0:l1])
-    y_nchw = y.permute(1, 2, 0).reshape(n, o, *geo.out_hw)  # a view: [L, N, O] memory
-    out = torch.empty((n, o, *geo.out_hw), dtype=y.dtype, device=y.device, memory_format=memory_format)
-    # The bias is added in the copy to the output layout (cheaper than baddbmm's extra pass).
-    return torch.add(y_nchw, bias, out=out) if bias is not None else out.copy_(y_nchw)
+        torch.bmm(chunk, _weight_columns(weight[r0:r1], geo).transpose(1, 2), out=y[l0:l1])
+    # [L, g, N, O/g] memory seen as [N, g, O/g, L]
+    y_view = y.view(geo.positions, g, n, o // g).permute(2, 1, 3, 0)
+    out = torch.empty((n, o, *geo.out_size), dtype=y.dtype, device=y.device, memory_format=memory_format)
+    out_view = out.view(n, g, o // g, geo.positions)
+    if bias is None:
+        out_view.copy_(y_view)
+    else:  # added in the copy to the output layout (cheaper than baddbmm's extra pass)
+        bias_view = bias.reshape(g, o // g, geo.positions if bias.dim() > 1 else 1)
+        torch.add(y_view, bias_view, out=out_view)
+    return out
 
 
-def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor, geo: Geometry,
+def _grad_rows(grad_out: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``grad_out [N, O, *out]`` as ``[L*g, N, O/g]`` (a copy)."""
+    n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
+    return grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 0, 2).reshape(geo.positions * g, n, o // g)
+
+
+def grad_weight(grad_out: torch.Tensor, x: torch.Tensor | None, geo: Geometry, cols: torch.Tensor | None = None,
+                chunk_bytes: int | None = None) -> torch.Tensor:
+    """Weight gradient ``[*out, O, C/g, *kernel]`` from the input ``x`` (or its saved ``cols``)."""
+    return backward(grad_out, x, None, geo, False, True, torch.contiguous_format, cols, chunk_bytes)[1]
+
+
+def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, geo: Geometry, memory_format: torch.memory_format,
+               chunk_bytes: int | None = None) -> torch.Tensor:
+    """Input gradient ``[N, C, *S]`` in ``memory_format``."""
+    return backward(grad_out, None, weight, geo, True, False, memory_format, None, chunk_bytes)[0]
+
+
+def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
              need_input: bool, need_weight: bool, memory_format: torch.memory_format,
              cols: torch.Tensor | None = None, chunk_bytes: int | None = None
              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_input, grad_weight) from the saved input ``x`` (or the saved ``cols``)."""
-    n, c, h, w = geo.input_shape
-    (kh, kw), (sh, sw), (oh, ow), o = geo.kernel, geo.stride, geo.out_hw, geo.out_channels
-    top, bottom, left, right = geo.pads
-    grad_lno = grad_out.permute(2, 3, 0, 1).reshape(geo.positions, n, o)
-    xp = _padded_nhwc(x, geo.pads) if need_weight and cols is None else None
-    grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else None
-    grid = grad_out.new_zeros((n, h + top + bottom, w + left + right, c)) if need_input else None
+    """(grad_input, grad_weight) from the input ``x`` (or the saved ``cols``) and the weight."""
+    n, c = geo.input_shape[:2]
+    spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
+    per_row, rest = math.prod(geo.out_size[1:]), geo.out_size[1:]
+    before = geo.pads[0::2]
+    grad_rows = _grad_rows(grad_out, geo)
+    xp = _padded_channels_last(x, geo.pads) if need_weight and cols is None else None
+    weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
+    grad_w = grad_out.new_empty(weight_shape) if need_weight else None
+    padded = [s + geo.pads[2 * i] + geo.pads[2 * i + 1] for i, s in enumerate(spatial)]
+    grid = grad_out.new_zeros((n, *padded, c)) if need_input else None
     buffer = grad_w_rows = None
     for r0, r1 in _row_chunks(geo, grad_out.element_size(), _chunk_bytes(grad_out.device, chunk_bytes)):
-        l0, l1, rows = r0 * ow, r1 * ow, r1 - r0
+        l0, l1, rows = r0 * per_row * g, r1 * per_row * g, r1 - r0
         if buffer is None:
-            buffer = grad_out.new_empty((l1 - l0, n, geo.k))  # columns, then their gradient
-            grad_w_rows = grad_out.new_empty((l1 - l0, o, geo.k)) if need_weight else None
+            buffer = grad_out.new_empty((l1 - l0, n, geo.group_k))  # columns, then their gradient
+            grad_w_rows = grad_out.new_empty((l1 - l0, o // g, geo.group_k)) if need_weight else None
         if need_weight:
             chunk = cols[l0:l1] if cols is not None else _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-            torch.bmm(grad_lno[l0:l1].transpose(1, 2), chunk, out=grad_w_rows[:l1 - l0])
-            grad_w[r0:r1] = grad_w_rows[:l1 - l0].view(rows, ow, o, kh, kw, c).permute(0, 1, 2, 5, 3, 4)
+            torch.bmm(grad_rows[l0:l1].transpose(1, 2), chunk, out=grad_w_rows[:l1 - l0])
+            # [rows, *rest, g, O/g, *kernel, C/g] -> [rows, *rest, O, C/g, *kernel]
+            gw = grad_w_rows[:l1 - l0].view(rows, *rest, g, o // g, *geo.kernel, c // g)
+            order = (*range(d + 2), 2 * d + 2, *range(d + 2, 2 * d + 2))
+            grad_w[r0:r1].view(rows, *rest, g, o // g, c // g, *geo.kernel).copy_(gw.permute(order))
         if need_input:
-            grad_cols = torch.bmm(grad_lno[l0:l1], _weight_columns(weight[r0:r1]), out=buffer[:l1 - l0])
-            taps = grad_cols.view(rows, ow, n, kh, kw, c)
-            for u in range(kh):
-                for v in range(kw):
-                    top_row = r0 * sh + u
-                    grid[:, top_row:top_row + sh * (rows - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw] += (
-                        taps[:, :, :, u, v].permute(2, 0, 1, 3))
+            grad_cols = torch.bmm(grad_rows[l0:l1], _weight_columns(weight[r0:r1], geo), out=buffer[:l1 - l0])
+            taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, c // g)
+            for tap in itertools.product(*(range(k) for k in geo.kernel)):
+                starts = [tap[0] * geo.dilation[0] + r0 * geo.stride[0],
+                          *(t * dl for t, dl in zip(tap[1:], geo.dilation[1:]))]
+                index = (slice(None), *(slice(s0, s0 + st * (m - 1) + 1, st)
+                                        for s0, st, m in zip(starts, geo.stride, (rows, *rest))))
+                target = grid[index].unflatten(-1, (g, c // g))  # [N, rows, *rest, g, C/g]
+                source = taps[(Ellipsis, *tap, slice(None))]  # [rows, *rest, g, N, C/g]
+                target += source.permute(d + 1, *range(d + 1), d + 2)
     grad_x = None
     if need_input:
-        grad_x = grid[:, top:top + h, left:left + w].permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        inner = grid[(slice(None), *(slice(b, b + s) for b, s in zip(before, spatial)))]
+        grad_x = inner.movedim(-1, 1).contiguous(memory_format=memory_format)
     return grad_x, grad_w
-
-
-def geometry(x_shape: Sequence[int], weight_shape: Sequence[int], stride: tuple[int, int],
-             pads: tuple[int, int, int, int]) -> Geometry:
-    oh, ow, o, _, kh, kw = weight_shape
-    n, c, h, w = x_shape
-    return Geometry((n, c, h, w), (kh, kw), stride, pads, (oh, ow), o)

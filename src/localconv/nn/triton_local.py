@@ -10,14 +10,17 @@ no unfolded copy of the input is ever stored. Layouts are the public ones::
     bias    [O, OH, OW]         contiguous
     y, gy   [N, O, OH, OW]      (any strides)
 
-The three kernels are wrapped as ``torch.library`` custom ops (``localconv::local_conv2d_*``) so that
-``torch.compile`` treats them as opaque calls with known output shapes. Padding is given as the
-top/left offsets only: rows/columns past the input (bottom/right padding) read as zeros, and the
-output size is the weight's.
+:mod:`localconv.nn.local_ops` wraps :func:`forward`, :func:`grad_input` and :func:`grad_weight` (with
+1-D layers as 2-D layers of height 1, groups as one launch per group) in its custom ops and autograd
+Functions. Padding is given as the top/left offsets only: rows/columns past the input
+(bottom/right padding) read as zeros, and the output size is the weight's. Dilation is a kernel
+argument. Accumulation is fp32 (fp64 for float64, which only the interpreter is allowed to run).
 
 All offsets are 32-bit: :func:`unsupported_reason` refuses tensors of 2**31 elements or more.
 """
-# No "from __future__ import annotations": torch.library reads the op signatures at runtime.
+from __future__ import annotations
+
+import math
 from typing import Optional
 
 import torch
@@ -28,15 +31,16 @@ from .utils import output_memory_format
 
 _INT32_LIMIT = 2**31 - 1
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INTERPRETER_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # float64 only under TRITON_INTERPRET=1 (tests)
 
 
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                     N, C, H, W, O, OW, L,
                     sxn, sxc, sxh, sxw, syn, syo, syh, syw,
-                    PT, PL, SH, SW,
+                    PT, PL, SH, SW, DH, DW,
                     KH: tl.constexpr, KW: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
     # One program: output position l, a block of images, a block of output channels.
     # y[n, o, l] = sum_k x_col[n, k, l] * w[l, o, k]: a [BLOCK_N, K] x [K, BLOCK_O] GEMM.
@@ -54,14 +58,14 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     iw0 = ow * SW - PL
     x_rows = x_ptr + offs_n[:, None] * sxn
     w_cols = w_ptr + pid_l * O * K + offs_o[None, :] * K
-    acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         c = offs_k // (KH * KW)
         tap = offs_k % (KH * KW)
-        ih = ih0 + tap // KW
-        iw = iw0 + tap % KW
+        ih = ih0 + (tap // KW) * DH
+        iw = iw0 + (tap % KW) * DW
         k_in = k_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_tile = tl.load(x_rows + (c * sxc + ih * sxh + iw * sxw)[None, :],
                          mask=n_mask[:, None] & k_in[None, :], other=0.0)
@@ -69,7 +73,7 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
     if HAS_BIAS:
         b = tl.load(b_ptr + offs_o * L + pid_l, mask=o_mask, other=0.0)
-        acc += b[None, :].to(tl.float32)
+        acc += b[None, :].to(ACC)
     y_ptrs = y_ptr + offs_n[:, None] * syn + offs_o[None, :] * syo + oh * syh + ow * syw
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & o_mask[None, :])
 
@@ -78,9 +82,9 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
                        N, C, H, W, O, OH, OW,
                        sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
-                       PT, PL, SH, SW,
+                       PT, PL, SH, SW, DH, DW,
                        KH: tl.constexpr, KW: tl.constexpr,
-                       PRECISION: tl.constexpr,
+                       PRECISION: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
     # Gather form (no atomics, deterministic): one program owns input pixel (ih, iw) for a block of
     # images and channels, and sums over the <= KH*KW output positions whose window covers it:
@@ -95,13 +99,13 @@ def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     n_mask = offs_n < N
     c_mask = offs_c < C
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC)
     for u in tl.static_range(KH):
-        th = ih + PT - u
+        th = ih + PT - u * DH
         oh = th // SH
         row_ok = (th >= 0) & (th % SH == 0) & (oh < OH)
         for v in tl.static_range(KW):
-            tw = iw + PL - v
+            tw = iw + PL - v * DW
             ow = tw // SW
             if row_ok & (tw >= 0) & (tw % SW == 0) & (ow < OW):
                 gy_rows = gy_ptr + offs_n[:, None] * sgn + oh * sgh + ow * sgw
@@ -122,9 +126,9 @@ def _grad_input_kernel(gy_ptr, w_ptr, gx_ptr,
 def _grad_weight_kernel(gy_ptr, x_ptr, gw_ptr,
                         N, C, H, W, O, OW,
                         sgn, sgo, sgh, sgw, sxn, sxc, sxh, sxw,
-                        PT, PL, SH, SW,
+                        PT, PL, SH, SW, DH, DW,
                         KH: tl.constexpr, KW: tl.constexpr,
-                        PRECISION: tl.constexpr,
+                        PRECISION: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     # gw[l, o, k] = sum_n gy[n, o, l] * x_col[n, k, l]: per position a [O, N] x [N, K] GEMM.
     pid_l = tl.program_id(0)
@@ -139,12 +143,12 @@ def _grad_weight_kernel(gy_ptr, x_ptr, gw_ptr,
     k_mask = offs_k < K
     c = offs_k // (KH * KW)
     tap = offs_k % (KH * KW)
-    ih = oh * SH - PT + tap // KW
-    iw = ow * SW - PL + tap % KW
+    ih = oh * SH - PT + (tap // KW) * DH
+    iw = ow * SW - PL + (tap % KW) * DW
     k_in = k_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     x_cols = x_ptr + (c * sxc + ih * sxh + iw * sxw)[None, :]
     gy_rows = gy_ptr + offs_o[:, None] * sgo + oh * sgh + ow * sgw
-    acc = tl.zeros((BLOCK_O, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_O, BLOCK_K), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
@@ -165,6 +169,10 @@ def _bucket(n: int, sizes: tuple[int, ...]) -> int:
     return next((s for s in sizes if n <= s), sizes[-1])
 
 
+def _acc(dtype: torch.dtype):  # noqa: ANN202
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 def _precision(dtype: torch.dtype) -> str:
     # float32 follows torch's own matmul switch, as the portable backend's bmm does.
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
@@ -178,7 +186,7 @@ def default_configs(n: int, c: int, o: int, k: int, dtype: torch.dtype) -> dict[
     Chosen from a sweep on an H200 (benchmarks/gpu_local_layer.py --tune, cc-11pct shapes at
     N=128 and 512): big batches take taller tiles and 8 warps, small ones more programs.
     """
-    half = dtype != torch.float32
+    half = dtype in (torch.float16, torch.bfloat16)
     big = n >= 512
     tile_o, tile_c = _bucket(o, (16, 32, 64)), _bucket(c, (16, 64))
     if n <= 16:
@@ -205,17 +213,21 @@ def _narrow_offsets(t: torch.Tensor) -> torch.Tensor:
     return t if _max_offset(t) <= _INT32_LIMIT else t.contiguous()
 
 
-def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec,  # noqa: ANN001
                        allow_cpu: bool = False) -> str | None:
     """Why these tensors cannot go through the Triton kernels, or None if they can."""
     if x.device.type != "cuda" and not (allow_cpu and x.device.type == "cpu"):
         return f"tensors are on {x.device.type}, the kernels run on CUDA"
+    if x.dim() not in (3, 4):
+        return f"{x.dim() - 2}-D input (the kernels cover 1-D and 2-D layers; 3-D runs on the portable backend)"
     tensors = [x, weight] + ([bias] if bias is not None else [])
     if any(t.dtype != x.dtype for t in tensors):
         return "input, weight and bias have different dtypes"
-    if x.dtype not in SUPPORTED_DTYPES:
+    allowed = INTERPRETER_DTYPES if x.device.type == "cpu" else SUPPORTED_DTYPES
+    if x.dtype not in allowed:
         return f"dtype {x.dtype} (supported: float32, float16, bfloat16)"
-    out_numel = x.shape[0] * weight.shape[0] * weight.shape[1] * weight.shape[2]
+    d = x.dim() - 2
+    out_numel = x.shape[0] * math.prod(weight.shape[:d + 1])
     if max(_max_offset(x), weight.numel(), out_numel) > _INT32_LIMIT:
         return "a tensor spans 2**31 elements or more (the kernels use 32-bit offsets)"
     if x.numel() == 0 or out_numel == 0:
@@ -223,8 +235,15 @@ def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return None
 
 
+def _as_2d(spec):  # noqa: ANN001, ANN202
+    """(stride, (pad_top, pad_left), dilation) of a 1-D or 2-D spec, 1-D as a 2-D call of height 1."""
+    if len(spec.stride) == 1:
+        return (1, spec.stride[0]), (0, spec.padding[0]), (1, spec.dilation[0])
+    return tuple(spec.stride), (spec.padding[0], spec.padding[2]), tuple(spec.dilation)
+
+
 def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   stride: tuple[int, int], pad_top_left: tuple[int, int],
+                   stride: tuple[int, int], pad_top_left: tuple[int, int], dilation: tuple[int, int] = (1, 1),
                    config: dict[str, int] | None = None) -> torch.Tensor:
     n, c, h, w = x.shape
     oh, ow, o, _, kh, kw = weight.shape
@@ -238,15 +257,15 @@ def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         x, weight, bias if bias is not None else weight, y,
         n, c, h, w, o, ow, oh * ow,
         *x.stride(), *y.stride(),
-        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1], dilation[0], dilation[1],
         KH=kh, KW=kw,
-        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
+        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), ACC=_acc(x.dtype),
         num_warps=num_warps, **cfg)
     return y
 
 
 def launch_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int],
-                      stride: tuple[int, int], pad_top_left: tuple[int, int],
+                      stride: tuple[int, int], pad_top_left: tuple[int, int], dilation: tuple[int, int] = (1, 1),
                       memory_format: torch.memory_format = torch.contiguous_format,
                       config: dict[str, int] | None = None) -> torch.Tensor:
     n, c, h, w = input_shape
@@ -260,14 +279,14 @@ def launch_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape:
         grad_out, weight, gx,
         n, c, h, w, o, oh, ow,
         *grad_out.stride(), *gx.stride(),
-        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
-        KH=kh, KW=kw, PRECISION=_precision(grad_out.dtype),
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1], dilation[0], dilation[1],
+        KH=kh, KW=kw, PRECISION=_precision(grad_out.dtype), ACC=_acc(grad_out.dtype),
         num_warps=num_warps, **cfg)
     return gx
 
 
 def launch_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int],
-                       stride: tuple[int, int], pad_top_left: tuple[int, int],
+                       stride: tuple[int, int], pad_top_left: tuple[int, int], dilation: tuple[int, int] = (1, 1),
                        config: dict[str, int] | None = None) -> torch.Tensor:
     n, c, h, w = x.shape
     oh, ow, o, _, kh, kw = weight_shape
@@ -281,78 +300,61 @@ def launch_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: li
         grad_out, x, gw,
         n, c, h, w, o, ow,
         *grad_out.stride(), *x.stride(),
-        pad_top_left[0], pad_top_left[1], stride[0], stride[1],
-        KH=kh, KW=kw, PRECISION=_precision(x.dtype),
+        pad_top_left[0], pad_top_left[1], stride[0], stride[1], dilation[0], dilation[1],
+        KH=kh, KW=kw, PRECISION=_precision(x.dtype), ACC=_acc(x.dtype),
         num_warps=num_warps, **cfg)
     return gw
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library custom ops: what functional.py calls (opaque to torch.compile, with fake shapes).
+# What localconv.nn.local_ops calls (its custom ops and autograd Functions wrap these): 1-D layers
+# run as 2-D layers of height 1 (views), groups as one launch per group on channel slices.
 
 
-@torch.library.custom_op("localconv::local_conv2d_forward", mutates_args=())
-def forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-               stride_h: int, stride_w: int, pad_top: int, pad_left: int) -> torch.Tensor:
-    return launch_forward(x, weight, bias, (stride_h, stride_w), (pad_top, pad_left))
+def _weight_2d(weight: torch.Tensor) -> torch.Tensor:
+    """``[OL, O, Cg, K]`` -> ``[1, OL, O, Cg, 1, K]`` (a view); 2-D weights as they are."""
+    return weight[None, :, :, :, None, :] if weight.dim() == 4 else weight
 
 
-@forward_op.register_fake
-def _(x, weight, bias, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
-    n = x.shape[0]
-    oh, ow, o = weight.shape[:3]
-    return torch.empty((n, o, oh, ow), device=x.device, dtype=x.dtype, memory_format=output_memory_format(x))
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], spec) -> torch.Tensor:  # noqa: ANN001
+    stride, top_left, dilation = _as_2d(spec)
+    one_d = x.dim() == 3
+    x2, w2 = (x.unsqueeze(2) if one_d else x), _weight_2d(weight)
+    o, g = w2.shape[2], spec.groups
+    if bias is not None:  # shared [O] expanded, untied [O, *out] as [O, OH, OW]
+        bias = bias.view(o, 1, 1).expand(o, *w2.shape[:2]) if bias.dim() == 1 else bias.reshape(o, *w2.shape[:2])
+    cg, og = w2.shape[3], o // g
+    parts = [launch_forward(x2[:, i * cg:(i + 1) * cg], w2[:, :, i * og:(i + 1) * og],
+                            bias[i * og:(i + 1) * og] if bias is not None else None, stride, top_left, dilation)
+             for i in range(g)]
+    y = parts[0] if g == 1 else torch.cat(parts, 1).contiguous(memory_format=output_memory_format(x2))
+    return y.squeeze(2) if one_d else y
 
 
-@torch.library.custom_op("localconv::local_conv2d_grad_input", mutates_args=())
-def grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int],
-                  stride_h: int, stride_w: int, pad_top: int, pad_left: int,
-                  channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return launch_grad_input(grad_out, weight, input_shape, (stride_h, stride_w), (pad_top, pad_left), fmt)
+def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int], spec,  # noqa: ANN001
+               memory_format: torch.memory_format) -> torch.Tensor:
+    stride, top_left, dilation = _as_2d(spec)
+    one_d = len(input_shape) == 3
+    gy2, w2 = (grad_out.unsqueeze(2) if one_d else grad_out), _weight_2d(weight)
+    shape2 = [input_shape[0], input_shape[1], 1, input_shape[2]] if one_d else list(input_shape)
+    o, g = w2.shape[2], spec.groups
+    cg, og = w2.shape[3], o // g
+    parts = [launch_grad_input(gy2[:, i * og:(i + 1) * og], w2[:, :, i * og:(i + 1) * og],
+                               [shape2[0], cg, *shape2[2:]], stride, top_left, dilation, memory_format)
+             for i in range(g)]
+    gx = parts[0] if g == 1 else torch.cat(parts, 1).contiguous(memory_format=memory_format)
+    return gx.squeeze(2) if one_d else gx
 
 
-@grad_input_op.register_fake
-def _(grad_out, weight, input_shape, stride_h, stride_w, pad_top, pad_left, channels_last):  # noqa: ANN001, ANN202
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(input_shape, device=grad_out.device, dtype=grad_out.dtype, memory_format=fmt)
-
-
-@torch.library.custom_op("localconv::local_conv2d_grad_weight", mutates_args=())
-def grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int],
-                   stride_h: int, stride_w: int, pad_top: int, pad_left: int) -> torch.Tensor:
-    return launch_grad_weight(grad_out, x, weight_shape, (stride_h, stride_w), (pad_top, pad_left))
-
-
-@grad_weight_op.register_fake
-def _(grad_out, x, weight_shape, stride_h, stride_w, pad_top, pad_left):  # noqa: ANN001, ANN202
-    return torch.empty(weight_shape, device=x.device, dtype=x.dtype)
-
-
-# ----------------------------------------------------------------------------------------------
-# What functional.py calls: the launchers directly in eager mode (the custom-op dispatch costs
-# tens of microseconds per call, as much as a small layer's kernels), the custom ops under
-# torch.compile.
-
-
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            stride: tuple[int, int], pad_top_left: tuple[int, int]) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return forward_op(x, weight, bias, *stride, *pad_top_left)
-    return launch_forward(x, weight, bias, stride, pad_top_left)
-
-
-def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: list[int], stride: tuple[int, int],
-               pad_top_left: tuple[int, int], memory_format: torch.memory_format) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return grad_input_op(grad_out, weight, input_shape, *stride, *pad_top_left,
-                             memory_format == torch.channels_last)
-    return launch_grad_input(grad_out, weight, input_shape, stride, pad_top_left, memory_format)
-
-
-def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int], stride: tuple[int, int],
-                pad_top_left: tuple[int, int]) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return grad_weight_op(grad_out, x, weight_shape, *stride, *pad_top_left)
-    return launch_grad_weight(grad_out, x, weight_shape, stride, pad_top_left)
-
+def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: list[int], spec) -> torch.Tensor:  # noqa: ANN001
+    stride, top_left, dilation = _as_2d(spec)
+    one_d = x.dim() == 3
+    gy2, x2 = (grad_out.unsqueeze(2), x.unsqueeze(2)) if one_d else (grad_out, x)
+    shape2 = [1, weight_shape[0], *weight_shape[1:3], 1, weight_shape[3]] if one_d else list(weight_shape)
+    o, g = shape2[2], spec.groups
+    cg, og = shape2[3], o // g
+    parts = [launch_grad_weight(gy2[:, i * og:(i + 1) * og], x2[:, i * cg:(i + 1) * cg],
+                                [*shape2[:2], og, *shape2[3:]], stride, top_left, dilation)
+             for i in range(g)]
+    gw = parts[0] if g == 1 else torch.cat(parts, 2)
+    return gw.view(weight_shape)

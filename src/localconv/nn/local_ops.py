@@ -1,0 +1,473 @@
+"""The locally connected convolution and its two gradients as differentiable ops (1-D/2-D/3-D).
+
+Three functions of plain tensors, each bilinear in its two tensor arguments::
+
+    forward(x, w)        y  = A_w x               (+ bias)
+    grad_input(gy, w)    gx = A_w^T gy
+    grad_weight(gy, x)   gw = d<gy, A_w x>/dw
+
+so every derivative of one is a call of another: the vector-Jacobian products of ``forward`` are
+``grad_input`` and ``grad_weight``; those of ``grad_input(gy, w)`` against a cotangent ``v`` are
+``forward(v, w)`` and ``grad_weight(gy, v)``; those of ``grad_weight(gy, x)`` against ``v`` are
+``forward(x, v)`` and ``grad_input(gy, v)``; and the JVP of each is two calls of itself. Gradients of
+any order are therefore exact, through the same kernels.
+
+Each function exists twice, with the same formulas (:func:`_vjp_*`, :func:`_jvp_*`, :func:`_vmap_*`):
+
+* ``torch.library`` custom ops ``localconv::local_conv{,_grad_input,_grad_weight}`` with fake
+  (meta) implementations, ``register_autograd`` and ``register_vmap``: what ``torch.compile``,
+  ``torch.export`` and AOT autograd see (one opaque call per layer; the chunk loops live inside).
+* ``torch.autograd.Function`` s with ``setup_context``, ``backward``, ``jvp`` and ``vmap``: what eager
+  mode and ``torch.func`` (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``jacfwd``) use. (Custom ops have no
+  forward-mode AD in torch, and their dispatch costs tens of microseconds per call.)
+
+:func:`apply` picks: the ONNX decomposition while exporting to ONNX, the custom op while compiling or
+exporting, the Function otherwise.
+"""
+# No "from __future__ import annotations": torch.library reads the op signatures at runtime.
+import math
+import sys
+from typing import Callable, List, NamedTuple, Optional
+
+import torch
+
+from . import local_portable
+
+Tensor = torch.Tensor
+
+
+class Spec(NamedTuple):
+    """Static arguments of one call (all ints): per spatial dimension stride, padding (before, after)
+    pairs flattened, dilation; and the number of groups."""
+
+    stride: tuple
+    padding: tuple  # (before_0, after_0, before_1, after_1, ...)
+    dilation: tuple
+    groups: int
+
+
+def _geometry(x_shape, weight_shape, spec: Spec) -> local_portable.Geometry:  # noqa: ANN001
+    return local_portable.geometry(x_shape, weight_shape, spec.stride, spec.padding, spec.dilation, spec.groups)
+
+
+def _format(channels_last: bool, dims: int) -> torch.memory_format:
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return local_portable.channels_last_format(x) != torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernels behind every path (plain tensors, no autograd): portable or Triton.
+
+
+def _triton():  # noqa: ANN202
+    from . import triton_local  # imported on first use: localconv works without triton
+
+    return triton_local
+
+
+def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton().forward(x, weight, bias, spec)
+    geo = _geometry(x.shape, weight.shape, spec)
+    return local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x))
+
+
+def grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: List[int], spec: Spec, backend: str,
+                    channels_last: bool) -> Tensor:
+    fmt = _format(channels_last, len(input_shape) - 2)
+    if backend == "triton":
+        return _triton().grad_input(grad_out, weight, input_shape, spec, fmt)
+    return local_portable.grad_input(grad_out, weight, _geometry(input_shape, weight.shape, spec), fmt)
+
+
+def grad_weight_impl(grad_out: Tensor, x: Tensor, weight_shape: List[int], spec: Spec, backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton().grad_weight(grad_out, x, weight_shape, spec)
+    return local_portable.grad_weight(grad_out, x, _geometry(x.shape, weight_shape, spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas shared by the custom ops and the autograd Functions. ``ops`` is a triple of callables
+# (forward, grad_input, grad_weight) with the impl signatures above: the custom ops or the Functions.
+
+
+class Ops(NamedTuple):
+    forward: Callable
+    grad_input: Callable
+    grad_weight: Callable
+
+
+def bias_grad(grad_out: Tensor, bias_dim: int) -> Tensor:
+    """Untied bias ``[O, *out]``: sum over the batch; shared ``[O]``: over the batch and positions."""
+    if bias_dim == 1:
+        return grad_out.sum([0, *range(2, grad_out.dim())])
+    return grad_out.sum(0)
+
+
+def _vjp_forward(ops: Ops, grad_out: Tensor, x: Tensor, weight: Tensor, bias_dim: Optional[int], spec: Spec,
+                 backend: str, needs: tuple) -> tuple:
+    # bias_dim: None without a bias, 1 shared, else untied
+    gx = gw = gb = None
+    if needs[0]:
+        gx = ops.grad_input(grad_out, weight, list(x.shape), spec, backend, _is_channels_last(x))
+    if needs[1]:
+        gw = ops.grad_weight(grad_out, x, list(weight.shape), spec, backend)
+    if bias_dim is not None and needs[2]:
+        gb = bias_grad(grad_out, bias_dim)
+    return gx, gw, gb
+
+
+def _vjp_grad_input(ops: Ops, v: Tensor, grad_out: Tensor, weight: Tensor, spec: Spec, backend: str,
+                    needs: tuple) -> tuple:
+    # gx = A_w^T gy:  d<v, gx>/dgy = A_w v;  d<v, gx>/dw = grad_weight(gy, v).
+    g_gy = ops.forward(v, weight, None, spec, backend) if needs[0] else None
+    g_w = ops.grad_weight(grad_out, v, list(weight.shape), spec, backend) if needs[1] else None
+    return g_gy, g_w
+
+
+def _vjp_grad_weight(ops: Ops, v: Tensor, grad_out: Tensor, x: Tensor, spec: Spec, backend: str,
+                     needs: tuple) -> tuple:
+    # gw = d<gy, A_w x>/dw:  d<v, gw>/dgy = A_v x;  d<v, gw>/dx = A_v^T gy.
+    g_gy = ops.forward(x, v, None, spec, backend) if needs[0] else None
+    g_x = ops.grad_input(grad_out, v, list(x.shape), spec, backend, _is_channels_last(x)) if needs[1] else None
+    return g_gy, g_x
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else (a if b is None else a + b)
+
+
+def _jvp_forward(ops: Ops, x: Tensor, weight: Tensor, dx: Optional[Tensor],
+                 dw: Optional[Tensor], db: Optional[Tensor], spec: Spec, backend: str) -> Tensor:
+    out = ops.forward(dx, weight, None, spec, backend) if dx is not None else None
+    out = _add(out, ops.forward(x, dw, None, spec, backend) if dw is not None else None)
+    if db is not None:
+        d = len(spec.stride)
+        db = db.view(-1, *[1] * d) if db.dim() == 1 else db
+        out = _add(out, db.expand(x.shape[0], weight.shape[d], *weight.shape[:d]))
+    if out is None:
+        raise RuntimeError("local_conv jvp: no tangent given")
+    return out
+
+
+# vmap: a batch dimension only on the input of forward (or on the output gradient of grad_input) folds
+# into the images (one call); any other batching loops over the batch (correct, and rare: vmap over
+# weights, per-sample weight gradients).
+
+
+def _move(t: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Tensor]:
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
+def _loop(fn: Callable, size: int, tensors: list, dims: list) -> tuple:
+    moved = [_move(t, d, size) for t, d in zip(tensors, dims)]
+    outs = [fn(*[m[i] if m is not None else None for m in moved]) for i in range(size)]
+    return torch.stack(outs), 0
+
+
+def _fold(fn: Callable, t: Tensor, dim: int) -> tuple:
+    t = t.movedim(dim, 0)
+    out = fn(t.reshape(-1, *t.shape[2:]))
+    return out.view(t.shape[0], t.shape[1], *out.shape[1:]), 0
+
+
+def _vmap_forward(ops: Ops, info, in_dims, x, weight, bias, spec, backend):  # noqa: ANN001, ANN202
+    x_dim, w_dim, b_dim = in_dims[:3]
+    if x_dim is not None and w_dim is None and b_dim is None:
+        return _fold(lambda xs: ops.forward(xs, weight, bias, spec, backend), x, x_dim)
+    return _loop(lambda xi, wi, bi: ops.forward(xi, wi, bi, spec, backend), info.batch_size,
+                 [x, weight, bias], [x_dim, w_dim, b_dim])
+
+
+def _vmap_grad_input(ops: Ops, info, in_dims, grad_out, weight, input_shape, spec, backend,  # noqa: ANN001, ANN202
+                     channels_last):
+    g_dim, w_dim = in_dims[:2]
+    if w_dim is None:
+        shape = [-1, *input_shape[1:]]
+        return _fold(lambda gs: ops.grad_input(gs, weight, [gs.shape[0], *shape[1:]], spec, backend, channels_last),
+                     grad_out, g_dim)
+    return _loop(lambda gi, wi: ops.grad_input(gi, wi, input_shape, spec, backend, channels_last),
+                 info.batch_size, [grad_out, weight], [g_dim, w_dim])
+
+
+def _vmap_grad_weight(ops: Ops, info, in_dims, grad_out, x, weight_shape, spec, backend):  # noqa: ANN001, ANN202
+    g_dim, x_dim = in_dims[:2]
+    return _loop(lambda gi, xi: ops.grad_weight(gi, xi, weight_shape, spec, backend), info.batch_size,
+                 [grad_out, x], [g_dim, x_dim])
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops (torch.compile, torch.export). Static arguments travel as int lists.
+
+
+def _spec(stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Spec:
+    return Spec(tuple(stride), tuple(padding), tuple(dilation), int(groups))
+
+
+@torch.library.custom_op("localconv::local_conv", mutates_args=())
+def local_conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+                  dilation: List[int], groups: int, backend: str) -> Tensor:
+    return forward_impl(x, weight, bias, _spec(stride, padding, dilation, groups), backend)
+
+
+@torch.library.custom_op("localconv::local_conv_grad_input", mutates_args=())
+def grad_input_op(grad_out: Tensor, weight: Tensor, input_shape: List[int], stride: List[int], padding: List[int],
+                  dilation: List[int], groups: int, backend: str, channels_last: bool) -> Tensor:
+    return grad_input_impl(grad_out, weight, input_shape, _spec(stride, padding, dilation, groups), backend,
+                           channels_last)
+
+
+@torch.library.custom_op("localconv::local_conv_grad_weight", mutates_args=())
+def grad_weight_op(grad_out: Tensor, x: Tensor, weight_shape: List[int], stride: List[int], padding: List[int],
+                   dilation: List[int], groups: int, backend: str) -> Tensor:
+    return grad_weight_impl(grad_out, x, weight_shape, _spec(stride, padding, dilation, groups), backend)
+
+
+@local_conv_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, backend):  # noqa: ANN001, ANN202
+    d = x.dim() - 2
+    fmt = _format(_is_channels_last(x), d)
+    return torch.empty((x.shape[0], weight.shape[d], *weight.shape[:d]), dtype=x.dtype, device=x.device,
+                       memory_format=fmt)
+
+
+@grad_input_op.register_fake
+def _(grad_out, weight, input_shape, stride, padding, dilation, groups, backend, channels_last):  # noqa: ANN001, ANN202
+    fmt = _format(channels_last, len(input_shape) - 2)
+    return torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=fmt)
+
+
+@grad_weight_op.register_fake
+def _(grad_out, x, weight_shape, stride, padding, dilation, groups, backend):  # noqa: ANN001, ANN202
+    return torch.empty(weight_shape, dtype=x.dtype, device=x.device)
+
+
+def _op_forward(x, weight, bias, spec: Spec, backend):  # noqa: ANN001, ANN202
+    return local_conv_op(x, weight, bias, list(spec.stride), list(spec.padding), list(spec.dilation), spec.groups,
+                         backend)
+
+
+def _op_grad_input(grad_out, weight, input_shape, spec: Spec, backend, channels_last):  # noqa: ANN001, ANN202
+    return grad_input_op(grad_out, weight, list(input_shape), list(spec.stride), list(spec.padding),
+                         list(spec.dilation), spec.groups, backend, channels_last)
+
+
+def _op_grad_weight(grad_out, x, weight_shape, spec: Spec, backend):  # noqa: ANN001, ANN202
+    return grad_weight_op(grad_out, x, list(weight_shape), list(spec.stride), list(spec.padding),
+                          list(spec.dilation), spec.groups, backend)
+
+
+OPS = Ops(_op_forward, _op_grad_input, _op_grad_weight)
+
+
+def _setup_forward(ctx, inputs, output):  # noqa: ANN001, ANN202
+    x, weight, bias, stride, padding, dilation, groups, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.spec, ctx.backend = _spec(stride, padding, dilation, groups), backend
+    ctx.bias_dim = None if bias is None else bias.dim()
+
+
+def _backward_forward(ctx, grad_out):  # noqa: ANN001, ANN202
+    x, weight = ctx.saved_tensors
+    grads = _vjp_forward(OPS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend, ctx.needs_input_grad[:3])
+    return (*grads, None, None, None, None, None)
+
+
+def _setup_grad_input(ctx, inputs, output):  # noqa: ANN001, ANN202
+    grad_out, weight, _, stride, padding, dilation, groups, backend, _ = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.spec, ctx.backend = _spec(stride, padding, dilation, groups), backend
+
+
+def _backward_grad_input(ctx, v):  # noqa: ANN001, ANN202
+    grad_out, weight = ctx.saved_tensors
+    grads = _vjp_grad_input(OPS, v, grad_out, weight, ctx.spec, ctx.backend, ctx.needs_input_grad[:2])
+    return (*grads, None, None, None, None, None, None, None)
+
+
+def _setup_grad_weight(ctx, inputs, output):  # noqa: ANN001, ANN202
+    grad_out, x, _, stride, padding, dilation, groups, backend = inputs
+    ctx.save_for_backward(grad_out, x)
+    ctx.spec, ctx.backend = _spec(stride, padding, dilation, groups), backend
+
+
+def _backward_grad_weight(ctx, v):  # noqa: ANN001, ANN202
+    grad_out, x = ctx.saved_tensors
+    grads = _vjp_grad_weight(OPS, v, grad_out, x, ctx.spec, ctx.backend, ctx.needs_input_grad[:2])
+    return (*grads, None, None, None, None, None, None)
+
+
+local_conv_op.register_autograd(_backward_forward, setup_context=_setup_forward)
+grad_input_op.register_autograd(_backward_grad_input, setup_context=_setup_grad_input)
+grad_weight_op.register_autograd(_backward_grad_weight, setup_context=_setup_grad_weight)
+
+if hasattr(torch.library, "register_vmap"):  # torch >= 2.4
+    @local_conv_op.register_vmap
+    def _(info, in_dims, x, weight, bias, stride, padding, dilation, groups, backend):  # noqa: ANN001, ANN202
+        return _vmap_forward(OPS, info, in_dims, x, weight, bias, _spec(stride, padding, dilation, groups), backend)
+
+    @grad_input_op.register_vmap
+    def _(info, in_dims, grad_out, weight, input_shape, stride, padding, dilation, groups, backend,  # noqa: ANN001, ANN202
+          channels_last):
+        return _vmap_grad_input(OPS, info, in_dims, grad_out, weight, input_shape,
+                                _spec(stride, padding, dilation, groups), backend, channels_last)
+
+    @grad_weight_op.register_vmap
+    def _(info, in_dims, grad_out, x, weight_shape, stride, padding, dilation, groups, backend):  # noqa: ANN001, ANN202
+        return _vmap_grad_weight(OPS, info, in_dims, grad_out, x, weight_shape,
+                                 _spec(stride, padding, dilation, groups), backend)
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd.Functions (eager mode, torch.func). The non-tensor arguments are (spec, backend[, ...]).
+
+
+class _Forward(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, bias, spec, backend):  # noqa: ANN001, ANN205
+        return forward_impl(x, weight, bias, spec, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        x, weight, bias, spec, backend = inputs
+        ctx.save_for_backward(x, weight)  # only these: the bias gradient needs no saved tensor
+        ctx.save_for_forward(x, weight)
+        ctx.spec, ctx.backend = spec, backend
+        ctx.bias_dim = None if bias is None else bias.dim()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        return (*_vjp_forward(FUNCTIONS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend,
+                              ctx.needs_input_grad[:3]), None, None)
+
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        return _jvp_forward(FUNCTIONS, x, weight, dx, dw, db, ctx.spec, ctx.backend)
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, spec, backend):  # noqa: ANN001, ANN205
+        return _vmap_forward(FUNCTIONS, info, in_dims, x, weight, bias, spec, backend)
+
+
+class _GradInput(torch.autograd.Function):
+    @staticmethod
+    def forward(grad_out, weight, input_shape, spec, backend, channels_last):  # noqa: ANN001, ANN205
+        return grad_input_impl(grad_out, weight, input_shape, spec, backend, channels_last)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        grad_out, weight, _, spec, backend, _ = inputs
+        ctx.save_for_backward(grad_out, weight)
+        ctx.save_for_forward(grad_out, weight)
+        ctx.spec, ctx.backend, ctx.inputs = spec, backend, inputs[2:]
+
+    @staticmethod
+    def backward(ctx, v):  # noqa: ANN001, ANN205
+        grad_out, weight = ctx.saved_tensors
+        return (*_vjp_grad_input(FUNCTIONS, v, grad_out, weight, ctx.spec, ctx.backend, ctx.needs_input_grad[:2]),
+                None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, d_gy, d_w, *_):  # noqa: ANN001, ANN205
+        grad_out, weight = ctx.saved_tensors
+        input_shape, spec, backend, channels_last = ctx.inputs
+        out = FUNCTIONS.grad_input(d_gy, weight, input_shape, spec, backend, channels_last) if d_gy is not None else None
+        return _add(out, FUNCTIONS.grad_input(grad_out, d_w, input_shape, spec, backend, channels_last)
+                    if d_w is not None else None)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_out, weight, input_shape, spec, backend, channels_last):  # noqa: ANN001, ANN205
+        return _vmap_grad_input(FUNCTIONS, info, in_dims, grad_out, weight, input_shape, spec, backend, channels_last)
+
+
+class _GradWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(grad_out, x, weight_shape, spec, backend):  # noqa: ANN001, ANN205
+        return grad_weight_impl(grad_out, x, weight_shape, spec, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        grad_out, x, weight_shape, spec, backend = inputs
+        ctx.save_for_backward(grad_out, x)
+        ctx.save_for_forward(grad_out, x)
+        ctx.spec, ctx.backend, ctx.weight_shape = spec, backend, weight_shape
+
+    @staticmethod
+    def backward(ctx, v):  # noqa: ANN001, ANN205
+        grad_out, x = ctx.saved_tensors
+        return (*_vjp_grad_weight(FUNCTIONS, v, grad_out, x, ctx.spec, ctx.backend, ctx.needs_input_grad[:2]),
+                None, None, None)
+
+    @staticmethod
+    def jvp(ctx, d_gy, d_x, *_):  # noqa: ANN001, ANN205
+        grad_out, x = ctx.saved_tensors
+        args = (ctx.weight_shape, ctx.spec, ctx.backend)
+        out = FUNCTIONS.grad_weight(d_gy, x, *args) if d_gy is not None else None
+        return _add(out, FUNCTIONS.grad_weight(grad_out, d_x, *args) if d_x is not None else None)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_out, x, weight_shape, spec, backend):  # noqa: ANN001, ANN205
+        return _vmap_grad_weight(FUNCTIONS, info, in_dims, grad_out, x, weight_shape, spec, backend)
+
+
+FUNCTIONS = Ops(_Forward.apply, _GradInput.apply, _GradWeight.apply)
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX: a decomposition into Pad, Gather, MatMul (both exporters; no custom op in the graph).
+
+
+def _window_index(geo: local_portable.Geometry, padded: List[int]) -> Tensor:
+    """Flat indices into the padded spatial grid: ``[L * prod(kernel)]``, positions major, then taps."""
+    index = torch.zeros((), dtype=torch.long)
+    for dim, (size, k, s, dl) in enumerate(zip(geo.out_size, geo.kernel, geo.stride, geo.dilation)):
+        place = math.prod(padded[dim + 1:])
+        term = (torch.arange(size) * s * place).view(size, 1) + (torch.arange(k) * dl * place).view(1, k)
+        index = index.unsqueeze(-1).unsqueeze(-1) + term
+    # index is [out_0, k_0, out_1, k_1, ...]: bring the positions first, then the taps
+    d = geo.dims
+    order = (*range(0, 2 * d, 2), *range(1, 2 * d, 2))
+    return index.permute(order).reshape(-1)
+
+
+def decomposed(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec) -> Tensor:
+    """The same function in standard ops only (for ONNX); memory: all columns at once."""
+    geo = _geometry(x.shape, weight.shape, spec)
+    d, g, o = geo.dims, geo.groups, geo.out_channels
+    c = geo.input_shape[1]
+    pad_spec = []
+    for dim in reversed(range(d)):
+        pad_spec += [spec.padding[2 * dim], spec.padding[2 * dim + 1]]
+    xp = torch.nn.functional.pad(x, pad_spec) if any(pad_spec) else x
+    padded = [s + spec.padding[2 * i] + spec.padding[2 * i + 1] for i, s in enumerate(geo.input_shape[2:])]
+    index = _window_index(geo, padded)
+    cols = torch.index_select(xp.flatten(2), 2, index)  # [N, C, L * taps]
+    cols = cols.reshape(-1, g, c // g, geo.positions, geo.taps).permute(3, 1, 0, 2, 4)
+    cols = cols.reshape(geo.positions, g, -1, geo.group_k)  # [L, g, N, K/g] in (c, taps) order
+    w = weight.reshape(geo.positions, g, o // g, geo.group_k).transpose(2, 3)  # [L, g, K/g, O/g]
+    y = torch.matmul(cols, w)  # [L, g, N, O/g]
+    y = y.permute(2, 1, 3, 0).reshape(-1, o, *geo.out_size)
+    if bias is not None:
+        y = y + (bias.view(o, *[1] * d) if bias.dim() == 1 else bias)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def apply(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str) -> Tensor:
+    """The layer's computation through the path the context needs (see the module docstring)."""
+    if "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export():  # no torch.onnx import otherwise
+        return decomposed(x, weight, bias, spec)
+    if torch.compiler.is_compiling():
+        return _op_forward(x, weight, bias, spec, backend)
+    return _Forward.apply(x, weight, bias, spec, backend)
