@@ -118,6 +118,12 @@ def good_argv(world: World, tmp: Path, *extra: str) -> list[str]:
     return argv
 
 
+def resume_argv(world: World, tmp: Path, *extra: str) -> list[str]:
+    """Continue the run copied to ``tmp/run``: only the options --resume accepts, and ``extra``."""
+    return ["train", "--resume", "--out", str(tmp / "run"), "--data", str(world.data), "--cache-dir",
+            str(world.cache), "--epochs", "2", "--device", "cpu", "--no-progress", *extra]
+
+
 def tree(tmp: Path, n_train: int = 20, n_test: int = 10) -> Path:
     return write_image_tree(tmp / "data", make_arrays(n_train=n_train, n_test=n_test, seed=4))
 
@@ -330,7 +336,7 @@ def _garbage_weights_header(w: World, t: Path) -> list[str]:
 def _corrupt_optimizer_state(w: World, t: Path) -> list[str]:
     run = copy_run(w, t)
     rewrite_file(run, "optimizer", lambda b: b[:100], fix_checksum=True)
-    return train_argv(w, t, w.data, "--resume", "--epochs", "2")
+    return resume_argv(w, t)
 
 
 def _run_json_not_json(w: World, t: Path) -> list[str]:
@@ -350,7 +356,7 @@ def _run_json_edited_field(field: str, value: object, command: str) -> Callable[
         run = copy_run(w, t)
         edit_meta(run, lambda m: m.update({field: value}))
         if command == "train":
-            return train_argv(w, t, w.data, "--resume", "--epochs", "2")
+            return resume_argv(w, t)
         return ["eval", str(run), "--json"]
 
     return make
@@ -359,7 +365,7 @@ def _run_json_edited_field(field: str, value: object, command: str) -> Callable[
 def _run_json_bad_options(w: World, t: Path) -> list[str]:
     run = copy_run(w, t)
     edit_meta(run, lambda m: m["options"].update(batch_size="lots"))
-    return train_argv(w, t, w.data, "--resume", "--epochs", "2")
+    return resume_argv(w, t)
 
 
 def _run_json_file_traversal(w: World, t: Path) -> list[str]:
@@ -381,8 +387,63 @@ def _weights_of_another_model(command: str) -> Callable[[World, Path], list[str]
 
 def _resume_with_another_model(w: World, t: Path) -> list[str]:
     copy_run(w, t)
-    argv = train_argv(w, t, w.data, "--resume", "--epochs", "2")
-    argv[argv.index("--model") + 1] = "tf-tutorial"
+    return resume_argv(w, t, "--model", "tf-tutorial")
+
+
+def _resume_with(*extra: str) -> Callable[[World, Path], list[str]]:
+    def make(w: World, t: Path) -> list[str]:
+        copy_run(w, t)
+        return resume_argv(w, t, *extra)
+
+    return make
+
+
+def _resume_on_other_data(classes: list[str], n_train: int) -> Callable[[World, Path], list[str]]:
+    def make(w: World, t: Path) -> list[str]:
+        copy_run(w, t)
+        other = write_image_tree(t / "other", make_arrays(n_train=n_train, n_test=20, classes=classes))
+        load_cifar10(other, cache_dir=w.cache, progress=False)  # valid data: its cache may be written, beforehand
+        argv = resume_argv(w, t)
+        argv[argv.index("--data") + 1] = str(other)
+        return argv
+
+    return make
+
+
+def _run_json_edit(edit: Callable[[dict], None], command: str) -> Callable[[World, Path], list[str]]:
+    def make(w: World, t: Path) -> list[str]:
+        run = copy_run(w, t)
+        edit_meta(run, edit)
+        if command == "train":
+            return resume_argv(w, t)
+        if command == "predict":
+            return ["predict", str(run), str(w.photo)]
+        if command == "compare":
+            return ["compare", str(w.run), str(run), "--out", str(t / "report")]
+        return ["eval", str(run), "--json"]
+
+    return make
+
+
+def _compare_metrics_line(line: str) -> Callable[[World, Path], list[str]]:
+    def make(w: World, t: Path) -> list[str]:
+        run = copy_run(w, t)
+        with open(run / "metrics.jsonl", "a") as fh:
+            fh.write(line + "\n")
+        return ["compare", str(w.run), str(run), "--out", str(t / "report")]
+
+    return make
+
+
+def _not_a_run_folder(w: World, t: Path) -> list[str]:
+    """A user's folder that happens to hold names localconv writes: refused, nothing deleted or rewritten."""
+    folder = t / "mine"
+    folder.mkdir()
+    for name in (".draft.tmp", ".tmpABC123", "model-000000001.safetensors", "notes.txt"):
+        (folder / name).write_text(f"the user's {name}")
+    (folder / "metrics.jsonl").write_text('{"step": 99, "mine": true}\n')
+    argv = good_argv(w, t)
+    argv[argv.index("--out") + 1] = str(folder)
     return argv
 
 
@@ -537,15 +598,68 @@ CASES = [
     Case("corrupt-optimizer-state", "train", _corrupt_optimizer_state, ("optim-", "unreadable optimizer state")),
     Case("run-json-not-json", "eval", _run_json_not_json, ("run.json", "unreadable run metadata")),
     Case("run-json-other-format", "predict", _run_json_wrong_format, ("run.json", "not a localconv-run/1 file")),
-    Case("run-json-step-edited", "train", _run_json_edited_field("step", "many", "train"), ("run.json", "'step'")),
-    Case("run-json-files-removed", "eval", _run_json_edited_field("files", None, "eval"), ("run.json", "'files'")),
-    Case("run-json-options-edited", "train", _run_json_bad_options, ("run.json", "'options'")),
+    Case("run-json-step-edited", "train", _run_json_edited_field("step", "many", "train"),
+         ("run.json: step: expected an integer >= 0, got 'many'",)),
+    Case("run-json-files-removed", "eval", _run_json_edited_field("files", None, "eval"),
+         ("run.json: files: expected an object, got None",)),
+    Case("run-json-options-edited", "train", _run_json_bad_options, ("run.json: options.batch_size:", "'lots'")),
     Case("run-json-file-outside-run", "eval", _run_json_file_traversal, ("photo.png", "checkpoint file missing")),
     Case("weights-of-another-model-eval", "predict", _weights_of_another_model("predict"),
          ("ema-", "do not fit this model")),
     Case("weights-of-another-model-resume", "train", _weights_of_another_model("train"), ("do not fit this model",)),
     Case("resume-with-another-model", "train", _resume_with_another_model, ("tf-tutorial-conv", "--resume")),
     Case("unknown-model-in-run", "eval", _unknown_model_in_run, ("run.json", "resnet-9000")),
+    Case("resume-other-batch-size", "train", _resume_with("--batch-size", "10"), ("--batch-size 10", "(the run's: 20)")),
+    Case("resume-other-lr", "train", _resume_with("--lr", "5"), ("--lr 5.0", "--resume")),
+    Case("resume-other-lr-scale", "train", _resume_with("--lr-scale", "2"), ("--lr-scale 2.0",)),
+    Case("resume-other-seed", "train", _resume_with("--seed", "7"), ("--seed 7", "(the run's: 0)")),
+    Case("resume-other-limit-train", "train", _resume_with("--limit-train", "30"), ("--limit-train 30",)),
+    Case("resume-other-limit-test", "train", _resume_with("--limit-test", "10"), ("--limit-test 10",)),
+    Case("resume-other-val-split", "train", _resume_with("--val-split", "10"), ("--val-split 10",)),
+    Case("resume-other-schedule", "train", _resume_with("--schedule", "1:0"), ("--schedule 1:0",)),
+    Case("resume-other-recipe", "train", _resume_with("--recipe", "fast"), ("--recipe fast",)),
+    Case("resume-amp", "train", _resume_with("--amp"), ("--amp/--no-amp",)),
+    Case("resume-skip-nonfinite", "train", _resume_with("--skip-nonfinite"), ("--skip-nonfinite",)),
+    Case("resume-model-option-without-model", "train", _resume_with("--conv2-std", "1e-4"),
+         ("--conv2-std", "own model")),
+    Case("resume-fewer-epochs", "train", _resume_with("--epochs", "0.5"), ("--epochs 0.5", "1 epochs")),
+    Case("resume-data-other-classes", "train", _resume_on_other_data([f"c{i}" for i in range(10)], 40),
+         ("--data", "classes", "differ")),
+    Case("resume-data-other-size", "train",
+         _resume_on_other_data(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"], 30), ("--data", "30 training images", "40")),
+    Case("run-json-seed-not-int", "eval", _run_json_edit(lambda m: m["options"].update(seed="x"), "eval"),
+         ("run.json: options.seed: expected an integer in 0..9223372036854775807, got 'x'",)),
+    Case("run-json-seed-too-large-resume", "train", _run_json_edit(lambda m: m["options"].update(seed=2**70), "train"),
+         ("run.json: options.seed:",)),
+    Case("run-json-device-not-str", "train", _run_json_edit(lambda m: m["options"].update(device=5), "train"),
+         ("run.json: options.device:", "got 5")),
+    Case("run-json-log-every-str", "train", _run_json_edit(lambda m: m["options"].update(log_every="x"), "train"),
+         ("run.json: options.log_every:",)),
+    Case("run-json-schedule-number", "train", _run_json_edit(lambda m: m["options"].update(schedule=3), "train"),
+         ("run.json: options.schedule: expected a string or null, got 3",)),
+    Case("run-json-model-kwargs-list", "predict", _run_json_edit(lambda m: m["model"].update(kwargs=[1]), "predict"),
+         ("run.json: model.kwargs: expected an object",)),
+    Case("run-json-data-args-string", "eval", _run_json_edit(lambda m: m["data"].update(args="x"), "eval"),
+         ("run.json: data.args: expected an object",)),
+    Case("run-json-data-limit-test-str", "eval",
+         _run_json_edit(lambda m: m["data"]["args"].update(limit_test="5"), "eval"), ("run.json: data.args.limit_test:",)),
+    Case("run-json-classes-not-strings", "predict", _run_json_edit(lambda m: m.update(classes=[1, 2]), "predict"),
+         ("run.json: classes[0]: expected a non-empty string, got 1",)),
+    Case("run-json-classes-duplicate", "eval", _run_json_edit(lambda m: m["classes"].__setitem__(1, m["classes"][0]),
+                                                              "eval"), ("run.json: classes[1]: duplicate",)),
+    Case("run-json-temperature-string", "predict", _run_json_edit(lambda m: m.update(temperature="hot"), "predict"),
+         ("run.json: temperature:",)),
+    Case("run-json-bad-in-compare", "compare", _run_json_edit(lambda m: m.update(train_time_s="long"), "compare"),
+         ("run.json: train_time_s:",)),
+    Case("compare-metrics-line-not-object", "compare", _compare_metrics_line("[1, 2]"),
+         ("metrics.jsonl:", "not a JSON object")),
+    Case("compare-metrics-field-not-number", "compare", _compare_metrics_line('{"kind": "epoch", "epoch": "one"}'),
+         ("metrics.jsonl:", "'epoch'", "expected a number")),
+    Case("out-not-a-run", "train", _not_a_run_folder, ("--out", "mine", "not a localconv run")),
+    Case("out-empty-string", "train", lambda w, t: [*good_argv(w, t), "--out", ""], ("--out", "empty path")),
+    Case("seed-too-large", "train", _good("--seed", str(2**70)), ("--seed", "2**63-1")),
+    Case("seed-negative", "train", _good("--seed", "-1"), ("--seed", "-1")),
     Case("existing-run-without-resume", "train", _existing_run_without_resume, ("already holds a run", "--resume")),
     Case("eval-folder-not-a-run", "eval", _folder_not_a_run("eval"), ("data", "no run.json")),
     Case("predict-folder-not-a-run", "predict", _folder_not_a_run("predict"), ("data", "no run.json")),

@@ -56,11 +56,25 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             record = json.loads(line)
         except json.JSONDecodeError:
             raise CheckpointError(f"{file}:{number}: not a JSON line") from None
+        _check_record(record, f"{file}:{number}")  # every input is validated before any file is written
         if record.get("kind") == "epoch":
             epochs.append(record)
         elif record.get("kind") == "step":
             steps.append(record)
     return epochs, steps
+
+
+_NUMBER_FIELDS = ("epoch", "step", "wall_s", "accuracy", "lr", "images_per_s")
+
+
+def _check_record(record: Any, where: str) -> None:
+    """A metrics.jsonl record: an object whose numeric fields (and every loss) are numbers (NaN allowed)."""
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where}: not a JSON object")
+    for key, value in record.items():
+        if (key in _NUMBER_FIELDS or key.startswith("loss")) and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"{where}: field {key!r}: expected a number, got {json.dumps(value)[:40]}")
 
 
 def load_runs(paths: list[Path]) -> list[RunRecord]:

@@ -21,22 +21,36 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..errors import CheckpointError, LocalconvError
-from ..models.base import Classifier
+from ..models.base import Classifier, ModelValueError
 from ..models.registry import build_model_from_spec
+from .run_schema import validate_run_meta
 
 RUN_FORMAT = "localconv-run/1"
 RUN_FILE = "run.json"
 CHECKPOINT_FILE = re.compile(r"(model|ema)-\d{9}\.safetensors|optim-\d{9}\.pt")  # names save_checkpoint uses
-# atomic_write's temp files, and those of the atomic save of recent safetensors (Rust tempfile: ".tmp" + 6 chars)
-TEMP_FILE = re.compile(r"\..+\.tmp|\.tmp[A-Za-z0-9]{6}")
+# atomic_write's temp files of the files above, run.json and metrics.jsonl: ".NAME." + mkstemp's 8 characters
+# + ".tmp". Only these are ever removed: a user's ".draft.tmp" or ".tmpABC123" next to them is left alone.
+TEMP_FILE = re.compile(r"\.((model|ema)-\d{9}\.safetensors|optim-\d{9}\.pt|run\.json|metrics\.jsonl)"
+                       r"\.[a-z0-9_]{8}\.tmp")
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode an ordinary new file gets under the process umask (0o666 & ~umask)."""
+    with _UMASK_LOCK:  # the umask can only be read by setting it
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,7 +70,10 @@ def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then fsync and rename onto ``path``; no partial file survives a failure."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600: run files follow the umask like any other file
+    finally:
+        os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -85,6 +102,13 @@ def sha256_file(path: Path) -> str:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Like ``safetensors.torch.save_file``, but serialized in memory and written with a plain write: newer
+    safetensors write through a Rust temp file (".tmpXXXXXX") of their own that a kill would leave behind,
+    and that no cleanup could tell from a user's file."""
+    Path(path).write_bytes(safetensors_bytes(tensors))
 
 
 def _torch_save(obj: Any, path: str) -> None:
@@ -144,31 +168,8 @@ def read_meta(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: unreadable run metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{path}: not a {RUN_FORMAT} file")
-    _check_meta_fields(meta, path)
+    validate_run_meta(meta, str(path))
     return meta
-
-
-# Fields every run.json has (Trainer.metadata writes them all) and their JSON types: a hand-edited
-# file is refused here with the field's name instead of failing later with a KeyError or TypeError.
-_META_FIELDS: dict[str, tuple[type, ...]] = {
-    "files": (dict,), "sha256": (dict,), "model": (dict,), "options": (dict,), "data": (dict,),
-    "classes": (list,), "step": (int,), "ema_updates": (int,), "images_seen": (int,), "train_time_s": (int, float),
-}
-
-
-def _check_meta_fields(meta: dict[str, Any], path: Path) -> None:
-    for key, types in _META_FIELDS.items():
-        value = meta.get(key)
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise CheckpointError(f"{path}: field {key!r} is missing or of the wrong type (expected "
-                                  f"{types[0].__name__}, got {value!r:.40}); was the file edited?")
-    for key in ("files", "sha256"):
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta[key].items()):
-            raise CheckpointError(f"{path}: field {key!r} must map names to strings")
-    if not all(isinstance(name, str) for name in meta["classes"]) or meta["step"] < 0:
-        raise CheckpointError(f"{path}: field 'classes' must be strings and 'step' >= 0")
-    if not isinstance(meta["data"].get("args", {}), dict):
-        raise CheckpointError(f"{path}: field 'data.args' must be an object")
 
 
 def trim_log(path: Path, step: int) -> None:
@@ -244,6 +245,8 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
 
 def load_run(path: str | os.PathLike, which: str = "ema", device: str = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """Rebuild a run's model with its ``ema`` (default) or ``raw`` weights; returns (model, metadata)."""
+    if which not in ("ema", "raw"):
+        raise ModelValueError(f"which must be 'ema' (averaged weights) or 'raw', got {which!r}")
     run_dir = Path(path)
     meta = read_meta(run_dir)
     key = "ema" if which == "ema" and "ema" in meta.get("files", {}) else "model"
@@ -253,7 +256,13 @@ def load_run(path: str | os.PathLike, which: str = "ema", device: str = "cpu") -
         raise CheckpointError(f"{run_dir / RUN_FILE}: no model spec") from None
     except LocalconvError as exc:
         raise CheckpointError(f"{run_dir / RUN_FILE}: cannot rebuild model: {exc}") from None
-    load_weights_into(model, load_state(run_dir, meta, key), str(run_dir / meta["files"][key]))
+    state = load_state(run_dir, meta, key)
+    bad = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # NaN weights give constant predictions: an accuracy that means nothing
+        raise CheckpointError(f"{run_dir / meta['files'][key]}: tensor {bad!r} holds NaN or Inf values; these "
+                              "weights cannot be evaluated (did training diverge?)")
+    load_weights_into(model, state, str(run_dir / meta["files"][key]))
+    model.classes = list(meta["classes"])
     if "temperature" in meta:  # fitted by `localconv eval --calibrate`
         t = meta["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):

@@ -29,11 +29,13 @@ from ..errors import CheckpointError, LocalconvError
 from ..models.base import Classifier
 from ..models.registry import model_spec
 from . import distributed as ddp
+from .callbacks import Callback
 from .checkpoint import (load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint,
                          trim_log)
 from .ema import WeightEMA
 from .evaluate import evaluate
 from .fused_step import STEP_MODES, FusedStep
+from .layer_hooks import first_nonfinite_layer
 from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
 
 
@@ -86,16 +88,6 @@ def resolve_device(name: str) -> torch.device:
     if index and int(index) >= torch.cuda.device_count():
         raise LocalconvError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
-
-
-class Callback:
-    """Hooks into the loop; every method is optional."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
-    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
-    def on_train_end(self, trainer: "Trainer") -> None: ...
 
 
 FUSED_POLL_EVERY = 25  # steps between the fused step's host checks (non-finite loss, progress bar)
@@ -362,8 +354,6 @@ class Trainer:
             "and names the first non-finite layer")
 
     def _nonfinite_message(self, loss: torch.Tensor, x: torch.Tensor) -> str:
-        from ..diagnostics.monitor import first_nonfinite_layer
-
         try:  # replay the batch with hooks: the weights are still those of the last good step
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 layer = first_nonfinite_layer(self.model, x)

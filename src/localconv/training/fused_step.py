@@ -15,15 +15,12 @@ stops naming the first bad step), ``--skip-nonfinite``, ``after_backward`` callb
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from ..data.augment import EpochPlan, train_batch
 from ..errors import LocalconvError
-
-if TYPE_CHECKING:
-    from .engine import Trainer
 
 STEP_MODES = ("auto", "eager", "fused", "graph")
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, Triton compilation)
@@ -32,7 +29,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotunin
 class FusedStep:
     """The device-side step of one :class:`Trainer` (see the module docstring)."""
 
-    def __init__(self, trainer: "Trainer", capture: bool) -> None:
+    def __init__(self, trainer: Any, capture: bool) -> None:  # the Trainer (not imported: it imports this module)
         if capture and trainer.device.type != "cuda":
             raise ValueError("CUDA graph capture needs a CUDA device")
         self.trainer, self.capture = trainer, capture
