@@ -8,9 +8,10 @@ import localconv
 from localconv.data.loader import select_splits
 from localconv.diagnostics.checks import Finding, check_loss, run_checks
 from localconv.diagnostics.doctor import DoctorOptions, run_doctor
-from localconv.diagnostics.monitor import LayerMonitor, MonitorHistory, first_nonfinite_layer, weight_layers
+from localconv.diagnostics.monitor import LayerMonitor, MonitorHistory
 from localconv.diagnostics.watch import WatchCallback
 from localconv.training.engine import Trainer, TrainOptions
+from localconv.training.layer_hooks import first_nonfinite_layer, weight_layers
 
 from conftest import synthetic_cifar
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..training.engine import Callback
+from ..training.callbacks import Callback
 from .checks import Finding, run_checks
 from .monitor import LayerMonitor
 
