@@ -28,6 +28,7 @@ from cifar_fixtures import make_arrays, write_image_tree
 from localconv.cli.main import main
 from localconv.data import load_cifar10
 from localconv.training.checkpoint import TEMP_FILE, load_optimizer_state, load_run, read_meta
+from localconv.training.run_lock import LOCK_FILE
 
 EPOCHS = 8
 STEPS_PER_EPOCH = 4  # 96 images / batch 24
@@ -291,7 +292,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(dataset, small_tmpfs
     meta = assert_intact(run)
     assert meta["step"] == STEPS_PER_EPOCH and not meta["complete"]
     # the files of the failed checkpoint that were complete (model-*) are gone too
-    assert sorted(os.listdir(run)) == sorted(["run.json", "metrics.jsonl", *meta["files"].values()])
+    assert sorted(os.listdir(run)) == sorted(["run.json", "metrics.jsonl", LOCK_FILE, *meta["files"].values()])
 
 
 # ----------------------------------------------------------------------------- non-finite loss

@@ -196,12 +196,12 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
                       dist_ctx=dist_ctx, callbacks=callbacks)
     if not trainer.is_main:
         options.progress = False
+    if trainer.is_main:  # every check has passed: now the folder is created and locked
+        folder.open(expect_run_json=committed)
     say = (lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else (lambda msg: None)  # noqa: E731
     world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
     say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
           f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
-    if trainer.is_main:  # every check has passed: now the folder is created and locked
-        folder.open(expect_run_json=committed)
     try:
         state = trainer.fit()
     except BaseException:

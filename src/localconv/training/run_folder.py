@@ -74,6 +74,8 @@ class RunFolder:
         self.out = Path(out)
         self.state = inspect_out(self.out)
         self._lock = RunLock(self.out) if lock else None
+        if self._lock is not None and self.state in ("run", "partial"):
+            self._lock.probe()  # a folder in use is named before any other work (taken for real in open())
         self._made_dirs: list[Path] = []   # folders this run created, deepest first
         self._found: set[str] = set()      # names in the folder when this run took it
 

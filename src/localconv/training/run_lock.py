@@ -29,6 +29,8 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+        self._was_empty = False
+        self._times = (0, 0)
 
     @property
     def held(self) -> bool:
@@ -52,6 +54,9 @@ class RunLock:
             os.close(fd)
             raise LocalconvError(f"--out {self.folder}: cannot lock {LOCK_FILE} ({exc.strerror or exc})") from None
         self._fd = fd
+        st = os.fstat(fd)  # an empty lock file is given back as it was found, times included
+        self._was_empty = st.st_size == 0
+        self._times = (st.st_atime_ns, st.st_mtime_ns)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
             os.ftruncate(fd, 0)
@@ -59,12 +64,32 @@ class RunLock:
         except OSError:  # the lock is what matters; the holder's name is a courtesy
             pass
 
+    def probe(self) -> None:
+        """Raise :class:`RunFolderBusy` if another process holds the lock now; creates and changes nothing
+        (so a busy folder is reported before any other work or error)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file (yet): nobody holds it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise RunFolderBusy(f"--out {self.folder} is in use by another `localconv train` ({_read_holder(fd)}); "
+                                "wait for it to end or choose another --out") from None
+        except OSError:
+            pass  # no flock here: acquire() reports it
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)  # no holder any more
+            if self._was_empty:  # a run that changed nothing else leaves no trace (see tests/test_run_folder.py)
+                os.utime(fd, ns=self._times)
         except OSError:
             pass
         try:
