@@ -35,5 +35,14 @@ def test_help_version_and_usage_errors_import_no_torch(argv: list[str]) -> None:
     assert not loaded["torch"], f"localconv {' '.join(argv)} imported torch"
 
 
+def test_import_localconv_and_its_layers_do_not_import_dynamo() -> None:
+    # torch._dynamo costs about a second on import; only torch.compile users should pay for it
+    loaded = _modules_after("import localconv\nlocalconv.LocallyConnected2d\nlocalconv.create_model('tf-tutorial')\n"
+                            "import localconv.nn, localconv.models, localconv.configs, localconv.training.engine, "
+                            "localconv.diagnostics.doctor")
+    assert loaded["torch"]  # the probe did reach the layers
+    assert not loaded["torch._dynamo"]
+
+
 def test_import_localconv_is_lazy() -> None:
     assert _modules_after("import localconv") == {m: False for m in HEAVY}
