@@ -768,3 +768,33 @@ def test_real_process_exits_2_without_traceback(case_id: str, world: World, tmp_
     assert_one_error(case.command, proc.returncode, lines, case.needles)
     assert snapshot(world.root, tmp_path) == before
     assert not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- optional dependencies
+
+
+MISSING_DEPENDENCY_CASES = {
+    "compare-without-matplotlib": (("matplotlib", "matplotlib.pyplot"), "compare",
+                                   lambda w, t: ["compare", str(w.run), "--out", str(t / "report")],
+                                   ("localconv compare", "matplotlib", "pip install matplotlib")),
+    "eval-confusion-png-without-matplotlib": (("matplotlib", "matplotlib.pyplot"), "eval",
+                                              lambda w, t: ["eval", str(w.run), "--confusion", str(t / "cm.png")],
+                                              ("--confusion", "cm.png", "matplotlib")),
+    "train-tensorboard-without-tensorboard": (("tensorboard", "torch.utils.tensorboard"), "train",
+                                              lambda w, t: good_argv(w, t, "--tensorboard"),
+                                              ("--tensorboard", "pip install tensorboard")),
+}
+
+
+@pytest.mark.parametrize("case_id", list(MISSING_DEPENDENCY_CASES))
+def test_missing_optional_dependency_is_one_line_and_creates_nothing(case_id: str, world: World, tmp_path: Path,
+                                                                     capsys, monkeypatch) -> None:
+    """The package is made unimportable (a None entry in sys.modules makes `import` fail, as if absent)."""
+    modules, command, make, needles = MISSING_DEPENDENCY_CASES[case_id]
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+    argv = make(world, tmp_path)
+    before = snapshot(world.root, tmp_path)
+    rc, lines = run_cli(argv, capsys)
+    assert_one_error(command, rc, lines, needles)
+    assert snapshot(world.root, tmp_path) == before, "the filesystem changed"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -134,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         from ..optional_deps import require
 
         require("torch.utils.tensorboard", "--tensorboard", "tensorboard")
-    folder = RunFolder(out)  # refuses a file, or a folder that is not a run, before any work (run_folder.py)
+    # refuses a file, or a folder that is not a run, before any work (run_folder.py); under torchrun only rank 0
+    # creates, locks and cleans up the folder
+    folder = RunFolder(out, lock=int(os.environ.get("RANK", "0")) == 0)
     resume = bool(args.resume and folder.state == "run")
     if folder.state == "run" and not args.resume:
         raise LocalconvError(f"{out} already holds a run; use --resume to continue it or choose another --out")
