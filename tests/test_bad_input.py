@@ -674,6 +674,7 @@ CASES = [
     Case("doctor-steps-0", "doctor", _doctor("--steps", "0"), ("--steps",)),
     Case("doctor-batch-larger-than-data", "doctor", _doctor("--limit-train", "20", "--batch-size", "30"),
          ("--batch-size 30",)),
+    Case("doctor-seed-too-large", "doctor", _doctor("--seed", str(2**64)), ("--seed", "2**63-1")),
     Case("doctor-device-unknown", "doctor", _doctor("--device", "tpu"), ("--device", "'tpu'")),
     # cfg files
     Case("cfg-bad-section-header", "train", _cfg_train(BAD_CFG_SYNTAX), ("layers.cfg:", "section header")),

@@ -9,6 +9,7 @@ import json
 
 from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
                      positive_float, positive_int)
+from .train_options import seed_value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="training procedure whose learning parameters are checked")
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (TF models, fast recipe)")
     p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply every learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialization and of the data order")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the initialization and of the data order")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
