@@ -90,6 +90,26 @@ def write_python_release(parent: Path, arrays: Arrays, py2_style: bool = False) 
     return folder
 
 
+def write_cifar100_release(parent: Path, arrays: Arrays, coarse_of: list[int], coarse_names: list[str]) -> Path:
+    """``parent/cifar-100-python/`` with train, test, meta in the official format (``fine_labels`` +
+    ``coarse_labels``, ``fine_label_names`` + ``coarse_label_names``); ``coarse_of[fine] = coarse``."""
+    folder = parent / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, images, labels in (("train", arrays.train_images, arrays.train_labels),
+                                 ("test", arrays.test_images, arrays.test_labels)):
+        batch = {
+            "filenames": [f"img_{i:05d}.png" for i in range(len(images))],
+            "batch_label": f"{name}ing batch 1 of 1",
+            "fine_labels": [int(x) for x in labels],
+            "coarse_labels": [coarse_of[int(x)] for x in labels],
+            "data": np.ascontiguousarray(images.reshape(len(images), -1)),
+        }
+        (folder / name).write_bytes(pickle_batch(batch))
+    meta = {"fine_label_names": list(arrays.classes), "coarse_label_names": list(coarse_names)}
+    (folder / "meta").write_bytes(pickle_batch(meta))
+    return folder
+
+
 # ------------------------------------------------------------------ binary release
 
 

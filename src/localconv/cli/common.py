@@ -88,18 +88,66 @@ def model_from_args(args: argparse.Namespace) -> Classifier:
     return create_model(args.model, **kwargs)
 
 
+def fit_model_to_classes(model: Classifier, classes: list[str]) -> None:
+    """Give ``model`` the data's classes: a built-in model's head follows their count
+    (``reset_classifier``); a cfg file's output layer must already match (ConfigError at its line)."""
+    if len(classes) < 2:
+        raise LocalconvError(f"the data has {len(classes)} class(es) ({', '.join(classes)}); a classifier "
+                             "needs 2 or more")
+    if getattr(model, "model_name", None):
+        if model.num_classes != len(classes):
+            model.reset_classifier(len(classes))
+    else:
+        model.check_classes(classes)
+    model.classes = list(classes)
+
+
+def run_classes(model: Classifier, meta: dict[str, Any], run: Path) -> list[str]:
+    """The class names of a run, checked against its model's outputs (a hand-edited run.json may differ)."""
+    from ..errors import CheckpointError
+
+    classes = list(meta.get("classes") or [])
+    if len(classes) != model.num_classes:
+        raise CheckpointError(f"{run / 'run.json'}: field 'classes' names {len(classes)} classes but the model "
+                              f"gives {model.num_classes} scores; was the file edited?")
+    return classes
+
+
+# Data options that change what is read: recorded in a run's data args and reused by eval/resume.
+DATA_OPTION_KEYS = ("dataset", "labels", "resize")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="CIFAR-10: python or binary release (.tar.gz or folder), an image-folder "
-                                       "tree, or a folder with train.tar.gz/test.tar.gz; default: download")
+    parser.add_argument("--data", help="CIFAR-10 python or binary release, CIFAR-100 python release (.tar.gz or "
+                                       "folder), an image-folder tree, or a folder with train.tar.gz/test.tar.gz; "
+                                       "default: download the release named by --dataset")
+    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), default=None,
+                        help="official release downloaded into the cache when --data is omitted (default cifar10)")
+    parser.add_argument("--labels", choices=("fine", "coarse"), default=None,
+                        help="CIFAR-100 only: the 100 fine classes (default) or the 20 coarse superclasses")
+    parser.add_argument("--resize", choices=("none", "shorter-side"), default=None,
+                        help="image trees: 'none' (default) refuses images that are not 32x32; 'shorter-side' "
+                             "scales the shorter side to 32 and keeps the centre 32x32 crop")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where decoded images and downloads are cached (default $LOCALCONV_CACHE or "
                              "~/.cache/localconv)")
 
 
-def load_data(data: str | None, cache_dir: Path | None, progress: bool = True):  # noqa: ANN201
+def data_options(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """--dataset/--labels/--resize as given, else as ``recorded`` (a run's data args), else None (defaults)."""
+    recorded = recorded or {}
+    return {key: getattr(args, key, None) if getattr(args, key, None) is not None else recorded.get(key)
+            for key in DATA_OPTION_KEYS}
+
+
+def load_data(data: str | None, cache_dir: Path | None, progress: bool = True,
+              options: dict[str, Any] | None = None):  # noqa: ANN201
+    """The dataset at ``data`` (None: download), read with ``options`` (keys of DATA_OPTION_KEYS, None = default)."""
     from ..data import load_cifar10
 
-    return load_cifar10(data, cache_dir=cache_dir, progress=progress)
+    options = options or {}
+    return load_cifar10(data, cache_dir=cache_dir, progress=progress, labels=options.get("labels"),
+                        resize=options.get("resize") or "none", dataset=options.get("dataset") or "cifar10")
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:

@@ -212,7 +212,7 @@ def _detect_folder(folder: Path, options: DataOptions) -> DatasetSource:
         return _release_folder(PYTHON_RELEASE, "python", folder)
     if names & set(BINARY_RELEASE.all_names):
         return _release_folder(BINARY_RELEASE, "binary", folder)
-    if CIFAR100_META in names and not any((folder / split).is_dir() for split in SPLITS):
+    if names & {CIFAR100_META, *SPLITS} and not any((folder / split).is_dir() for split in SPLITS):
         # cifar-100-python/: files train, test, meta (an image tree has train/ and test/ folders)
         return _release_folder(cifar100_release(options.labels or "fine"), "cifar100", folder)
     if names & set(SPLITS):
