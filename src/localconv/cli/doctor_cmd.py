@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
-                     positive_float, positive_int)
+from .common import (add_data_args, add_device_arg, add_model_args, data_options, load_data, model_from_args,
+                     non_negative_int, positive_float, positive_int)
 from .train_options import seed_value
 
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     torch.manual_seed(args.seed)
     model = model_from_args(args)
-    data = load_data(args.data, args.cache_dir, progress=args.progress)
+    data = load_data(args.data, args.cache_dir, progress=args.progress, options=data_options(args))
     report = run_doctor(model, data.train_images, data.train_labels, options, classes=list(data.classes))
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))

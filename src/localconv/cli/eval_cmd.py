@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import load_run
     from ..training.engine import resolve_device
     from ..training.evaluate import evaluate
-    from .common import load_data
+    from .common import data_options, load_data
 
     if args.confusion is not None:  # a bad output path is reported before the evaluation, not after
         if args.confusion.suffix.lower() not in (".csv", ".png"):
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
     data_args = meta.get("data", {}).get("args", {})
-    data = load_data(args.data or data_args.get("data"), args.cache_dir, progress=not args.json)
+    data = load_data(args.data or data_args.get("data"), args.cache_dir, progress=not args.json,
+                     options=data_options(args, data_args))
     if args.split == "val":
         if not data_args.get("val_split"):
             raise LocalconvError(f"--split val: run {args.run} was trained without --val-split")

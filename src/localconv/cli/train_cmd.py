@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, LocalconvError
-from .common import (add_data_args, add_device_arg, add_model_args, load_data, model_from_args, non_negative_int,
-                     positive_float, positive_int)
+from .common import (DATA_OPTION_KEYS, add_data_args, add_device_arg, add_model_args, load_data, model_from_args,
+                     non_negative_int, positive_float, positive_int)
 from .train_options import check_resume_data, check_resume_options, out_folder, record_given, seed_value
 
 
@@ -78,7 +78,7 @@ def diagnostic_callbacks(args: argparse.Namespace, out: Path) -> list[Any]:
 
 OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "seed", "device", "amp", "compile",
                "step", "eval_every", "checkpoint_every", "skip_nonfinite")
-DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split")
+DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split", *DATA_OPTION_KEYS)
 
 
 def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Any, dict[str, Any]]:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     options.validate()
     data = load_data(data_args.get("data"), Path(data_args["cache_dir"]) if data_args.get("cache_dir") else None,
-                     progress=options.progress)
+                     progress=options.progress, options=data_args)
     splits = select_splits(data.train_images, data.train_labels, data.test_images, data.test_labels,
                            limit_train=data_args.get("limit_train"), val_split=data_args.get("val_split") or 0,
                            limit_test=data_args.get("limit_test"))
