@@ -203,9 +203,9 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
         folder.open(expect_run_json=committed)
     say = (lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else (lambda msg: None)  # noqa: E731
     world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
-    say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
-          f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
-    try:
+    try:  # from here on, every way out releases the lock (and cleans up a run that never checkpointed)
+        say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
+            f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
         state = trainer.fit()
     except BaseException:
         if trainer.is_main:

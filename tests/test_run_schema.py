@@ -1,0 +1,114 @@
+"""run.json's one schema (training/run_schema.py): every field named, one line, no traceback.
+
+The CLI cases (eval, predict, train --resume, compare on an edited run.json) are in test_bad_input.py;
+here the schema itself, on a run.json written by a real run: it accepts what localconv writes (also
+without optional fields, as older runs, and with fields it does not know, as newer ones), and refuses
+a wrong value anywhere with the dotted name of the field.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from localconv.errors import CheckpointError
+from localconv.training.checkpoint import read_meta
+from localconv.training.run_schema import RUN_SCHEMA, validate_run_meta
+
+# a run.json as Trainer.metadata writes it (tf-tutorial-conv, 40 images), trimmed of nothing
+GOOD = {
+    "format": "localconv-run/1", "files": {"model": "model-000000002.safetensors", "ema": "ema-000000002.safetensors",
+                                           "optimizer": "optim-000000002.pt"},
+    "sha256": {"model": "ab", "ema": "cd", "optimizer": "ef"},
+    "model": {"name": "tf-tutorial-conv", "kwargs": {"num_classes": 10}}, "model_params": 174250,
+    "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "options": {"recipe": "original", "epochs": 1.0, "batch_size": 20, "lr": None, "lr_scale": 1.0, "schedule": None,
+                "seed": 0, "device": "cpu", "amp": None, "compile": False, "step": "auto", "eval_every": 1,
+                "checkpoint_every": 1, "skip_nonfinite": False, "progress": False, "log_every": None},
+    "data": {"source": "image tree", "args": {"data": "/d", "cache_dir": None, "limit_train": None, "limit_test": None,
+                                              "val_split": 0}, "n_train": 40, "n_val": 0, "n_test": 20},
+    "step": 2, "epoch": 1.0, "ema_updates": 2, "images_seen": 40, "train_time_s": 0.5, "batch_size": 20, "epochs": 1.0,
+    "steps_per_epoch": 2, "total_steps": 2, "world_size": 1, "best_accuracy": 0.1, "last_accuracy": 0.1,
+    "skipped_steps": 0, "complete": True, "stop_reason": "", "eval_split": "test", "device": "cpu",
+}
+
+
+def edited(path: str, value: object) -> dict:
+    meta = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    target = meta
+    for key in parents:
+        target = target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[last] = value
+    return meta
+
+
+def test_what_localconv_writes_is_accepted() -> None:
+    validate_run_meta(GOOD, "run.json")
+    older = copy.deepcopy(GOOD)
+    for key in ("log_every", "step", "compile"):  # options added over time
+        del older["options"][key]
+    for key in ("epoch", "eval_split", "skipped_steps"):
+        del older[key]
+    validate_run_meta(older, "run.json")
+    validate_run_meta({**GOOD, "image_size": 32, "options": {**GOOD["options"], "new_option": [1]}}, "run.json")
+    validate_run_meta(edited("options.device", "cuda:1"), "run.json")
+    validate_run_meta(edited("model", {"name": None, "cfg": {"layers": "[data]"}}), "run.json")
+
+
+BAD = [
+    ("options.seed", "x", "options.seed: expected an integer in 0..9223372036854775807, got 'x'"),
+    ("options.seed", -1, "options.seed: expected an integer in 0..9223372036854775807, got -1"),
+    ("options.seed", True, "options.seed: expected an integer"),
+    ("options.device", "tpu", "options.device: expected one of auto, cpu, cuda, cuda:..., got 'tpu'"),
+    ("options.log_every", 2.5, "options.log_every: expected an integer >= 0 or null, got 2.5"),
+    ("options.schedule", ["1:1"], "options.schedule: expected a string or null, got ['1:1']"),
+    ("options.epochs", float("nan"), "options.epochs: expected a finite number > 0 or null, got nan"),
+    ("options.recipe", "slow", "options.recipe: expected one of original, fast, got 'slow'"),
+    ("options.amp", "yes", "options.amp: expected true or false or null, got 'yes'"),
+    ("options", [], "options: expected an object, got []"),
+    ("model.kwargs", "num_classes=10", "model.kwargs: expected an object, got 'num_classes=10'"),
+    ("model.name", "", "model.name: expected a non-empty string or null, got ''"),
+    ("data.args", None, "data.args: expected an object, got None"),
+    ("data.args.val_split", -3, "data.args.val_split: expected an integer >= 0 or null, got -3"),
+    ("data.n_train", "40", "data.n_train: expected an integer >= 1, got '40'"),
+    ("classes", [], "classes: expected a non-empty list, got []"),
+    ("classes", ["cat", ""], "classes[1]: expected a non-empty string, got ''"),
+    ("classes", ["cat", "cat"], "classes[1]: duplicate value 'cat'"),
+    ("files.ema", 3, "files.ema: expected a non-empty string, got 3"),
+    ("step", KeyError, "step: missing"),
+    ("train_time_s", -1, "train_time_s: expected a finite number >= 0, got -1"),
+    ("best_accuracy", "high", "best_accuracy: expected a finite number >= 0 or null, got 'high'"),
+    ("temperature", 0, "temperature: expected a finite number > 0, got 0"),
+    ("complete", 1, "complete: expected true or false, got 1"),
+    ("eval_split", "train", "eval_split: expected one of test, val, got 'train'"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD, ids=[f"{p}={v!r}" for p, v, _ in BAD])
+def test_a_wrong_field_is_named_in_one_line(path: str, value: object, message: str) -> None:
+    with pytest.raises(CheckpointError) as info:
+        validate_run_meta(edited(path, value), "run/run.json")
+    text = str(info.value)
+    assert text.startswith(f"run/run.json: {message}"), text
+    assert "\n" not in text and len(text) < 200
+
+
+def test_long_values_are_cut_in_messages() -> None:
+    with pytest.raises(CheckpointError) as info:
+        validate_run_meta(edited("options.schedule", 10**500), "run.json")
+    assert len(str(info.value)) < 150
+
+
+def test_read_meta_validates_the_file(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps(edited("options.seed", "x")))
+    with pytest.raises(CheckpointError, match=r"run\.json: options\.seed: expected an integer"):
+        read_meta(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps(GOOD))
+    assert read_meta(tmp_path)["step"] == 2
+    assert RUN_SCHEMA.required  # the schema names its required fields
