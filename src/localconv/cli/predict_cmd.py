@@ -11,7 +11,9 @@ from .common import add_device_arg, positive_int
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run", type=Path, help="run folder")
-    p.add_argument("images", nargs="+", type=Path, help="image files (any size; resized to 32x32)")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files, prepared as training prepares them (data.prepare_image): EXIF orientation "
+                        "applied; any size: the shorter side is scaled to 32 and the centre 32x32 kept")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image, most probable first")
     p.add_argument("--views", choices=("single", "flip", "multiview"), default="single",
                    help="average the softmax over the centre view (single), it and its mirror (flip), or 10 "
