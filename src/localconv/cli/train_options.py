@@ -93,7 +93,7 @@ def check_resume_options(args: argparse.Namespace, meta: dict[str, Any]) -> None
         if present and value == recorded:
             continue  # the run's own value, repeated
         shown = "" if isinstance(value, bool) else f" {value}"
-        theirs = f" (the run's: {recorded})" if present else ""
+        theirs = f" (the run's: {'not set' if recorded is None else recorded})" if present else ""
         raise LocalconvError(f"{_flag(dest)}{shown}: --resume continues the run with its own settings{theirs}; "
                              f"omit {_flag(dest)}, or start a new run with another --out")
     if args.epochs is not None:
