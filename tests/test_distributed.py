@@ -35,7 +35,7 @@ def run(args, nproc=None, cache=None):
 
 def epoch_losses(run_dir):
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in lines if r["kind"] == "epoch"]
+    return [r["loss/total"] for r in lines if r["kind"] == "epoch"]
 
 
 def test_two_process_run_matches_single_process(dataset, tmp_path):

@@ -27,7 +27,7 @@ def test_training_reduces_loss_and_writes_a_run(fake_cifar, tmp_path):
     t = make_trainer(fake_cifar, tmp_path / "run", epochs=3, batch_size=24, lr=0.05)
     state = t.fit()
     assert state.step == 3 * 4
-    losses = [r["loss"] for r in state.history]
+    losses = [r["loss/total"] for r in state.history]
     assert losses[-1] < losses[0]
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["complete"] and meta["step"] == 12 and set(meta["files"]) == {"model", "ema", "optimizer"}

@@ -126,7 +126,7 @@ def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def epoch_log(run: Path) -> list[tuple]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"], r.get("accuracy")) for r in records if r["kind"] == "epoch"]
+    return [(r["step"], r["loss/total"], r.get("accuracy")) for r in records if r["kind"] == "epoch"]
 
 
 def assert_same_result(run: Path, reference: Path, same_log: bool = True) -> None:

@@ -1,4 +1,5 @@
 """TensorBoard callback: event files readable back, scalars + histograms present, NaN-safe."""
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from localconv.reports.tensorboard import TensorBoardCallback  # noqa: E402
 
 
 def read_events(log_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
     acc.Reload()
     return acc
 
@@ -41,18 +42,25 @@ def test_scalars_and_histograms_are_written(tmp_path):
     trainer = train(tmp_path, TensorBoardCallback(tmp_path / "tb", every=2))
     acc = read_events(tmp_path / "tb")
     tags = acc.Tags()
-    for tag in ("train/loss", "train/lr", "train/images_per_s", "epoch/loss", "epoch/accuracy",
-                "epoch/images_per_s", "layers/conv2/dead_frac", "layers/conv2/update_ratio", "layers/conv1/act_std"):
+    for tag in ("loss/total", "loss/cross_entropy", "train/lr", "train/images_per_s", "epoch/loss/total",
+                "epoch/loss/cross_entropy", "epoch/accuracy/test", "epoch/images_per_s", "epoch/lr",
+                "layers/conv2/dead_frac", "layers/conv2/update_ratio", "layers/conv1/act_std",
+                "layers/conv2/sparsity"):
         assert tag in tags["scalars"], tag
+    assert not [t for t in tags["scalars"] if t in ("train/loss", "epoch/loss", "epoch/accuracy")]
     for tag in ("weights/conv2.weight", "gradients/conv2.weight", "activations/conv2", "activation_grads/local3",
                 "weights/softmax_linear.bias"):
         assert tag in tags["histograms"], tag
-    loss = acc.Scalars("train/loss")
-    assert [e.step for e in loss] == [1, 3, 5, 7]  # every 2 steps, counted as steps done
-    assert abs(loss[0].value - trainer.callbacks[0].monitor.history.losses[0][1]) < 1e-6
+    ce, total = acc.Scalars("loss/cross_entropy"), acc.Scalars("loss/total")
+    assert [e.step for e in ce] == [1, 3, 5, 7]  # every 2 steps, counted as steps done
+    assert abs(ce[0].value - trainer.callbacks[0].monitor.history.losses[0][1]) < 1e-5  # plain cross-entropy
+    # the total adds the weight-decay term of local3/local4: what metrics.jsonl and compare call loss/total
+    assert total[0].value > ce[0].value + 0.1
     hist = acc.Histograms("weights/conv2.weight")[0].histogram_value
     assert hist.num == trainer.model.conv2.weight.numel()
-    assert [e.step for e in acc.Scalars("epoch/accuracy")] == [4, 8]
+    assert [e.step for e in acc.Scalars("epoch/accuracy/test")] == [4, 8]
+    epoch_total = [e.value for e in acc.Scalars("epoch/loss/total")]
+    assert epoch_total == pytest.approx([r["loss/total"] for r in trainer.state.history], rel=1e-5)
 
 
 def test_default_log_dir_is_the_run_folder(tmp_path):
@@ -85,3 +93,31 @@ def test_histogram_keeps_the_finite_part(tmp_path):
     assert "all_bad" not in acc.Tags()["histograms"]
     assert callback.nonfinite == {"x": 2, "all_bad": 1, "s": 1}
     assert {"nonfinite/x", "nonfinite/s", "nonfinite/all_bad"} <= set(acc.Tags()["scalars"])
+
+
+def test_sparsity_and_input_images(tmp_path):
+    train(tmp_path, TensorBoardCallback(tmp_path / "tb", every=2, histograms=False))
+    acc = read_events(tmp_path / "tb")
+    for layer in ("conv1", "conv2", "local3", "local4"):  # ReLU layers: some zeros, at least the dead units
+        sparsity = [e.value for e in acc.Scalars(f"layers/{layer}/sparsity")]
+        dead = [e.value for e in acc.Scalars(f"layers/{layer}/dead_frac")]
+        assert all(0 < s < 1 and s >= d for s, d in zip(sparsity, dead)), (layer, sparsity, dead)
+    # the logits have no rectifier: (almost) never exactly zero
+    assert max(e.value for e in acc.Scalars("layers/softmax_linear/sparsity")) < 0.01
+    assert "weights/conv2.weight" not in acc.Tags()["histograms"]
+    # a few training images as the network sees them (24x24 crops) and as they are (32x32), in a row of 8
+    assert {"inputs/train_augmented", "inputs/train_original"} <= set(acc.Tags()["images"])
+    seen, original = acc.Images("inputs/train_augmented")[0], acc.Images("inputs/train_original")[0]
+    assert (seen.width, seen.height) == (8 * 24, 24) and (original.width, original.height) == (8 * 32, 32)
+    assert seen.encoded_image_string != original.encoded_image_string
+
+
+def test_default_interval_gives_a_short_run_several_points(tmp_path):
+    trainer = train(tmp_path, TensorBoardCallback(tmp_path / "tb", histograms=False), steps=4)
+    acc = read_events(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # every step (old default: step 1 only)
+    assert len(acc.Scalars("layers/conv1/signal")) == 4
+    lines = (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if r["kind"] == "step"]  # metrics.jsonl adapts the same way
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["loss/total"] > r["loss/cross_entropy"] > 0 for r in steps)

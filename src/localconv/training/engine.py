@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..data.augment import draw_epoch_plan, train_batch
 from ..data.loader import Splits, pixel_mean
 from ..errors import CheckpointError, LocalconvError
+from ..metrics import LOSS_CROSS_ENTROPY, LOSS_KEYS, LOSS_TOTAL, auto_interval, format_accuracy
 from ..models.base import Classifier
 from ..models.registry import model_spec
 from . import distributed as ddp
@@ -36,6 +37,7 @@ from .ema import WeightEMA
 from .evaluate import evaluate
 from .fused_step import STEP_MODES, FusedStep
 from .layer_hooks import first_nonfinite_layer
+from .loss_meter import LossMeter
 from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
 
 
@@ -58,7 +60,8 @@ class TrainOptions:
     checkpoint_every: int = 1          # epochs between checkpoints
     skip_nonfinite: bool = False       # skip batches with a non-finite loss instead of stopping
     progress: bool = True
-    log_every: int = 50                # steps between step-level metrics.jsonl lines
+    log_every: int | None = None       # steps between step-level metrics.jsonl lines (0: none; None: 50,
+                                       # fewer for short runs, see metrics.auto_interval)
 
     def validate(self) -> None:
         if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
@@ -143,6 +146,9 @@ class Trainer:
                                  "training images")
         self.steps_per_epoch = n // self.local_batch  # the last partial batch is dropped
         self.total_steps = max(1, round(self.epochs * self.steps_per_epoch))
+        # step-level records: every 50 steps, more often in a short run so that its curves have points
+        self.log_every = (options.log_every if options.log_every is not None
+                          else auto_interval(self.total_steps, cap=50))
         if model.needs_pixel_mean():
             local_mean = pixel_mean(self.splits.train_images)
             if dist_ctx is not None:  # mean of the whole training set = mean of equal-size shard means
@@ -154,6 +160,7 @@ class Trainer:
         self.ema = WeightEMA(model, self.recipe.ema_decay, self.recipe.ema_warmup) if self.recipe.ema_decay else None
         self.loss_coeff = float(getattr(model, "loss_coeff", 1.0))
         self.state = TrainState()
+        self.last_terms: torch.Tensor | None = None  # [loss/total, loss/cross_entropy] of the last step
         self.should_stop = False
         self.stop_reason = ""
         self._interrupted = False
@@ -258,19 +265,38 @@ class Trainer:
             raise CheckpointError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(logits, labels)[0]
+
+    def loss_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimize, and the detached pair ``[loss/total, loss/cross_entropy]`` that the logs
+        report (their meaning: :mod:`localconv.metrics`)."""
         # Exercise 1: the loss consumes logits; softmax happens only in predict_proba.
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.label_smoothing)
-        loss = self.loss_coeff * loss
+        smoothing = self.recipe.label_smoothing
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        loss = self.loss_coeff * ce
         if self.recipe.use_regularization_loss:
             loss = loss + self.model.regularization_loss()
-        return loss
+        with torch.no_grad():
+            plain = F.cross_entropy(logits.detach().float(), labels) if smoothing else ce
+            terms = torch.stack([loss + self._update_rule_decay(), plain]).detach()
+        return loss, terms
+
+    def _update_rule_decay(self) -> torch.Tensor | float:
+        # cuda-convnet's wc sits in the update (inc -= wc * lr * W): the objective it minimizes has the
+        # term wc * sum(W^2) / 2, reported in loss/total so that "total" means the same for every model
+        total: torch.Tensor | float = 0.0
+        for g in self.optimizer.param_groups:
+            if g.get("wc"):
+                norms = torch._foreach_norm([p.detach() for p in g["params"]])
+                total = total + 0.5 * g["wc"] * torch.stack(norms).float().pow(2).sum()
+        return total
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a prepared batch; advances ``state.step``."""
         set_lr(self.optimizer, self.schedule.multiplier(self.state.step))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.forward(x)
-        loss = self.loss_fn(logits, y)
+        loss, self.last_terms = self.loss_terms(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for cb in self.callbacks:
@@ -336,8 +362,10 @@ class Trainer:
         if s.step % FUSED_POLL_EVERY == 0 and not last_in_epoch:
             self._check_fused(fused)
         loss = fused.loss
+        self.last_terms = fused.terms
         if self.callbacks:
             loss = loss.clone()  # the static output is overwritten by the next step
+            self.last_terms = fused.terms.clone()
             for cb in self.callbacks:
                 cb.after_step(self, loss)
         return loss
@@ -371,10 +399,12 @@ class Trainer:
         return (f"the last good checkpoint (step {meta['step']}) is kept" if meta
                 else "no checkpoint had been written yet")
 
-    def evaluate_now(self) -> float:
+    def evaluate_now(self, progress: bool = False) -> float:
+        """Accuracy on the evaluation split (``progress``: show a bar while it runs, on the main process)."""
         images, labels = self.splits.eval_set()
         views = "flip" if self.recipe.tta == "flip" else "single"
-        result = evaluate(self.eval_model(), images, labels, views=views, amp=self.amp)
+        desc = f"eval {self.splits.eval_split}" if progress and self.is_main else None
+        result = evaluate(self.eval_model(), images, labels, views=views, amp=self.amp, progress=desc)
         correct, n = ddp.all_sum([result.accuracy * result.n if result.n else 0.0, float(result.n)],
                                  self.dist, self.device)
         return correct / n if n else float("nan")
@@ -410,12 +440,13 @@ class Trainer:
         plan_seed = self.options.seed + (1_000_003 * self.dist.rank if self.dist else 0)
         mean = mean if self.model.needs_pixel_mean() else None
         fused = self._fused_runner() if self.step_mode != "eager" else None
+        meter = LossMeter(self.device)
         try:
             while s.step < self.total_steps and not self.should_stop:
                 epoch, first = divmod(s.step, self.steps_per_epoch)
                 plan = draw_epoch_plan(images.shape[0], spec, plan_seed, epoch).to(self.device)
                 t0, seen0 = time.perf_counter(), s.images_seen
-                loss_sum, n_loss = torch.zeros((), device=self.device), 0
+                meter.start_epoch()
                 if fused is not None:
                     fused.start_epoch(plan, first)
                     fused.reset_loss_sum()
@@ -425,36 +456,38 @@ class Trainer:
                     if s.step >= self.total_steps or self.should_stop:
                         break
                     if fused is not None:
-                        loss = self._fused_step(fused, last_in_epoch=k == self.steps_per_epoch - 1)
+                        self._fused_step(fused, last_in_epoch=k == self.steps_per_epoch - 1)
                         show = s.step % FUSED_POLL_EVERY == 0 or s.step == self.total_steps
                     else:
                         b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
                         x = train_batch(images[b.order], b, spec, mean)
                         x = x.contiguous(memory_format=torch.channels_last)
                         skipped = s.skipped_steps
-                        loss = self.train_step(x, labels[b.order])
+                        self.train_step(x, labels[b.order])
                         if s.skipped_steps == skipped:  # skipped (non-finite) batches stay out of the mean
-                            loss_sum += loss
-                            n_loss += 1
+                            meter.add(self.last_terms)
                         show = s.step % 10 == 0 or s.step == self.total_steps
                     if show:
                         rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
-                        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
+                        total, ce = self.last_terms.tolist()
+                        bar.set_postfix(total=f"{total:.3f}", ce=f"{ce:.3f}", img_s=f"{rate:.0f}", refresh=False)
                     bar.update(1)
-                    if self.options.log_every and s.step % self.options.log_every == 0:
+                    if self.log_every and s.step % self.log_every == 0:
+                        if fused is not None:
+                            meter.copy_from(fused.terms_sum, int(fused.finite_steps))
                         self.log({"kind": "step", "step": s.step, "epoch": s.step / self.steps_per_epoch,
-                                  "loss": float(loss), "lr": self.optimizer.param_groups[0]["lr"]})
+                                  **meter.interval_means(), "lr": self.optimizer.param_groups[0]["lr"]})
                 if fused is not None:
                     self._check_fused(fused)  # before any checkpoint: never save weights after a bad update
-                    loss_sum, n_loss = fused.loss_sum.clone(), int(fused.finite_steps)
+                    meter.copy_from(fused.terms_sum, int(fused.finite_steps))
                 epoch_time = time.perf_counter() - t0
                 s.train_time_s += epoch_time
                 at_epoch_end = s.step % self.steps_per_epoch == 0
                 done = s.step >= self.total_steps
                 record: dict[str, Any] = {
                     "kind": "epoch", "epoch": s.step / self.steps_per_epoch, "step": s.step,
-                    "loss": ddp.all_sum([float(loss_sum / max(1, n_loss))], self.dist, self.device)[0]
-                    / (self.dist.world_size if self.dist else 1),
+                    **dict(zip(LOSS_KEYS, (v / (self.dist.world_size if self.dist else 1)
+                                           for v in ddp.all_sum(meter.epoch_means(), self.dist, self.device)))),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "images_per_s": (s.images_seen - seen0) * (self.dist.world_size if self.dist else 1)
                     / max(1e-9, epoch_time),
@@ -462,14 +495,15 @@ class Trainer:
                 full_epoch = int(s.step / self.steps_per_epoch)
                 if (at_epoch_end or done) and (done or (self.options.eval_every and full_epoch % self.options.eval_every == 0)):
                     t1 = time.perf_counter()
-                    acc = self.evaluate_now()
+                    acc = self.evaluate_now(progress=not bar.disable)
                     s.train_time_s += time.perf_counter() - t1
                     s.last_accuracy = acc
                     s.best_accuracy = acc if s.best_accuracy is None else max(s.best_accuracy, acc)
                     record.update(accuracy=acc, eval_split=self.splits.eval_split)
                     if self.is_main:
-                        bar.write(f"epoch {record['epoch']:.2f}: loss {record['loss']:.4f}, "
-                                  f"{self.splits.eval_split} accuracy {acc:.4f}")
+                        bar.write(f"epoch {record['epoch']:.2f}: {LOSS_TOTAL} {record[LOSS_TOTAL]:.4f}, "
+                                  f"{LOSS_CROSS_ENTROPY} {record[LOSS_CROSS_ENTROPY]:.4f}, "
+                                  f"{self.splits.eval_split} accuracy {format_accuracy(acc)}")
                 record["wall_s"] = s.train_time_s
                 s.history.append(record)
                 self.log(record)

@@ -1,7 +1,9 @@
 """Evaluation on device-resident uint8 images: precision@1, per-class accuracy, confusion, probabilities."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -33,11 +35,30 @@ class EvalResult:
         return (cm.diag() / cm.sum(1).clamp_min(1)).tolist()
 
 
+def progress_bar(total: int, desc: str | None) -> Any:
+    """A transient tqdm bar over ``total`` images (a no-op context when ``desc`` is None): it sits below a
+    training bar while an evaluation runs, then disappears."""
+    if desc is None:
+        return nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+
 @torch.no_grad()
 def predict_probs(model: Classifier, images: torch.Tensor, views: str = "single", batch_size: int = 1000,
-                  amp: bool = False) -> torch.Tensor:
-    """Softmax probabilities averaged over the test views (``single``, ``flip`` or 10-view ``multiview``)."""
+                  amp: bool = False, progress: str | None = None) -> torch.Tensor:
+    """Softmax probabilities averaged over the test views (``single``, ``flip`` or 10-view ``multiview``);
+    ``progress``: the label of a progress bar shown while it runs (None: no bar)."""
     model.eval()
+    with progress_bar(images.shape[0], progress) as bar:
+        if bar is not None:  # about ten updates, so that the bar moves (per-image results do not depend on it)
+            batch_size = min(batch_size, max(250, -(-images.shape[0] // 10)))
+        return _predict_probs(model, images, views, batch_size, amp, bar)
+
+
+def _predict_probs(model: Classifier, images: torch.Tensor, views: str, batch_size: int, amp: bool,
+                   bar: Any) -> torch.Tensor:
     spec = model.input_spec
     mean = getattr(model, "pixel_mean", None) if model.needs_pixel_mean() else None
     out = []
@@ -52,14 +73,17 @@ def predict_probs(model: Classifier, images: torch.Tensor, views: str = "single"
                 p = model.predict_proba(x).float()
             acc = p if acc is None else acc + p
         out.append(acc / len(VIEW_SETS[views]))
+        if bar is not None:
+            bar.update(chunk.shape[0])
     return torch.cat(out).cpu() if out else torch.zeros(0, model.num_classes)
 
 
 def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor, views: str = "single",
-             batch_size: int = 1000, amp: bool = False) -> EvalResult:
-    """Precision@1 of ``model`` on uint8 ``images`` [N,3,32,32] (on the model's device)."""
+             batch_size: int = 1000, amp: bool = False, progress: str | None = None) -> EvalResult:
+    """Precision@1 of ``model`` on uint8 ``images`` [N,3,32,32] (on the model's device); ``progress``: the
+    label of a progress bar (None: none)."""
     was_training = model.training
-    probs = predict_probs(model, images, views, batch_size, amp)
+    probs = predict_probs(model, images, views, batch_size, amp, progress)
     model.train(was_training)
     labels = labels.cpu()
     n = int(labels.numel())

@@ -50,7 +50,8 @@ class FusedStep:
         self.multipliers = torch.tensor(multipliers, dtype=torch.float32, device=device)
         # Outputs read by the host at poll points.
         self.loss = torch.zeros((), device=device)
-        self.loss_sum = torch.zeros((), device=device)
+        self.terms = torch.zeros(2, device=device)      # [loss/total, loss/cross_entropy] of the last step
+        self.terms_sum = torch.zeros(2, device=device)  # their sum over the epoch's finite steps
         self.finite_steps = torch.zeros((), dtype=torch.long, device=device)
         self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
         self.groups = [self._group(g) for g in trainer.optimizer.param_groups]
@@ -85,7 +86,7 @@ class FusedStep:
             self._step()
 
     def reset_loss_sum(self) -> None:
-        self.loss_sum.zero_()
+        self.terms_sum.zero_()
         self.finite_steps.zero_()
 
     def warm_up(self, steps: int = WARMUP_STEPS) -> None:
@@ -125,7 +126,7 @@ class FusedStep:
         tensors += [b for g in self.groups for b in g["buffers"]]
         if trainer.ema is not None:
             tensors += list(trainer.ema.model.parameters()) + list(trainer.ema.model.buffers())
-        return tensors + [self.position, self.step, self.ema_updates, self.loss, self.loss_sum,
+        return tensors + [self.position, self.step, self.ema_updates, self.loss, self.terms, self.terms_sum,
                           self.finite_steps, self.first_nonfinite_step]
 
     # ------------------------------------------------------------------ device side
@@ -140,13 +141,14 @@ class FusedStep:
             p.grad = None
         with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp, cache_enabled=False):
             logits = trainer.forward(x)
-        loss = trainer.loss_fn(logits, self.labels[plan.order])
+        loss, terms = trainer.loss_terms(logits, self.labels[plan.order])
         loss.backward()
         with torch.no_grad():
             self._update()
             finite = torch.isfinite(loss)
             self.loss.copy_(loss)
-            self.loss_sum.add_(torch.where(finite, loss, torch.zeros_like(loss)))
+            self.terms.copy_(terms)
+            self.terms_sum.add_(torch.where(finite, terms, torch.zeros_like(terms)))
             self.finite_steps.add_(finite.long())
             first_bad = (self.first_nonfinite_step < 0) & ~finite
             self.first_nonfinite_step.copy_(torch.where(first_bad, self.step, self.first_nonfinite_step))
