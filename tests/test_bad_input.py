@@ -345,6 +345,14 @@ def _run_json_not_json(w: World, t: Path) -> list[str]:
     return ["eval", str(run), "--json"]
 
 
+def _old_run_json_not_json_resumed(w: World, t: Path) -> list[str]:
+    """A run written before run folders had a lock file, its run.json damaged: still a run, named precisely."""
+    run = copy_run(w, t)
+    (run / ".localconv.lock").unlink()
+    (run / "run.json").write_text('{"format": "localconv-run/1", ')
+    return resume_argv(w, t)
+
+
 def _run_json_wrong_format(w: World, t: Path) -> list[str]:
     run = copy_run(w, t)
     edit_meta(run, lambda m: m.update(format="something-else/9"))
@@ -597,6 +605,8 @@ CASES = [
     Case("garbage-weights-header", "predict", _garbage_weights_header, ("model-", "unreadable weights")),
     Case("corrupt-optimizer-state", "train", _corrupt_optimizer_state, ("optim-", "unreadable optimizer state")),
     Case("run-json-not-json", "eval", _run_json_not_json, ("run.json", "unreadable run metadata")),
+    Case("run-json-not-json-resume-old-run", "train", _old_run_json_not_json_resumed,
+         ("run.json", "unreadable run metadata")),
     Case("run-json-other-format", "predict", _run_json_wrong_format, ("run.json", "not a localconv-run/1 file")),
     Case("run-json-step-edited", "train", _run_json_edited_field("step", "many", "train"),
          ("run.json: step: expected an integer >= 0, got 'many'",)),

@@ -4,8 +4,8 @@ A folder is a **run** (of localconv) when it is
 
 * ``missing`` (it will be created, like ``mkdir -p``, but never through a file),
 * ``empty``,
-* a ``run``: it holds a ``run.json`` of localconv's format (or any ``run.json`` next to our lock file:
-  a damaged run of ours, whose fields ``--resume`` then names), or
+* a ``run``: it holds a ``run.json`` of localconv's format (or any ``run.json`` next to our lock file or
+  checkpoint files: a damaged run of ours, whose fields ``--resume`` then names), or
 * ``partial``: it holds our lock file ``.localconv.lock`` but no ``run.json`` (a run killed before its
   first checkpoint).
 
@@ -58,7 +58,9 @@ def inspect_out(out: Path) -> str:
         raise LocalconvError(f"--out {out}: cannot read the folder ({exc.strerror or exc})") from None
     if not names:
         return "empty"
-    if RUN_FILE in names and (LOCK_FILE in names or _is_localconv_run_json(out / RUN_FILE)):
+    # a damaged run.json next to checkpoint files is a damaged run (--resume names the field), not a user's folder
+    ours = LOCK_FILE in names or any(CHECKPOINT_FILE.fullmatch(name) for name in names)
+    if RUN_FILE in names and (ours or _is_localconv_run_json(out / RUN_FILE)):
         return "run"
     if LOCK_FILE in names and RUN_FILE not in names:
         return "partial"
