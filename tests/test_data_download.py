@@ -140,3 +140,23 @@ def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LOCALCONV_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "localconv"
+
+
+def test_cifar100_download_fine_and_coarse(tmp_path: Path, server: SimpleNamespace) -> None:
+    from cifar_fixtures import write_cifar100_release
+
+    arrays = make_arrays(n_train=8, n_test=4, classes=["f0", "f1", "f2", "f3"], seed=4)
+    folder = write_cifar100_release(tmp_path / "build", arrays, [0, 0, 1, 1], ["c0", "c1"])
+    archive = tar_folder(folder, server.root / "cifar-100-python.tar.gz", "cifar-100-python")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    url = f"{server.url}/cifar-100-python.tar.gz"
+    fine = load_cifar10(None, cache_dir=cache, progress=False, url=url, md5=md5, dataset="cifar100")
+    assert (cache / "cifar-100-python.tar.gz").is_file() and fine.classes == arrays.classes
+    np.testing.assert_array_equal(fine.train_images, arrays.train_images)
+    coarse = load_cifar10(None, cache_dir=cache, progress=False, url=url, md5=md5, dataset="cifar100",
+                          labels="coarse")
+    assert coarse.classes == ["c0", "c1"] and len(server.requests) == 1  # the second read reuses the download
+    np.testing.assert_array_equal(coarse.test_labels, np.array([0, 0, 1, 1])[arrays.test_labels])
+    with pytest.raises(DataError, match="--dataset must be one of cifar10, cifar100"):
+        load_cifar10(None, cache_dir=cache, progress=False, dataset="imagenet")
