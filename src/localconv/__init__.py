@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "create_model": "localconv.models",
     "list_models": "localconv.models",
+    "transforms": "localconv.models",
     "LocallyConnected1d": "localconv.nn",
     "LocallyConnected2d": "localconv.nn",
     "LocallyConnected3d": "localconv.nn",
@@ -26,7 +27,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from .models import create_model, list_models
+    from .models import create_model, list_models, transforms
     from .nn import (LazyLocallyConnected1d, LazyLocallyConnected2d, LazyLocallyConnected3d, LocallyConnected1d,
                      LocallyConnected2d, LocallyConnected3d)
 
@@ -45,7 +46,8 @@ def __dir__() -> list[str]:
 
 
 def load_run(path, which: str = "ema", device: str = "cpu"):  # noqa: ANN001, ANN201 (documented in training.checkpoint)
-    """Load a trained run folder: returns ``(model, metadata)``; ``which`` = 'ema' or 'raw' weights."""
+    """Load a trained run folder: returns ``(model, metadata)``; ``which`` = 'ema' or 'raw' weights
+    (anything else is a ValueError). ``model.classes`` holds the run's class names."""
     from .training.checkpoint import load_run as _load_run
 
     return _load_run(path, which=which, device=device)
@@ -53,4 +55,4 @@ def load_run(path, which: str = "ema", device: str = "cpu"):  # noqa: ANN001, AN
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d", "LazyLocallyConnected1d",
            "LazyLocallyConnected2d", "LazyLocallyConnected3d", "LocalconvError", "create_model", "list_models",
-           "load_run", "__version__"]
+           "load_run", "transforms", "__version__"]

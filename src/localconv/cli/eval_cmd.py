@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import load_run
     from ..training.engine import resolve_device
     from ..training.evaluate import evaluate
-    from .common import data_options, load_data
+    from .common import data_options, load_data, run_classes
 
     if args.confusion is not None:  # a bad output path is reported before the evaluation, not after
         if args.confusion.suffix.lower() not in (".csv", ".png"):
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             require("matplotlib.pyplot", f"{option} {path}", "matplotlib")
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
+    classes = run_classes(model, meta, args.run)
     data_args = meta.get("data", {}).get("args", {})
     data = load_data(args.data or data_args.get("data"), args.cache_dir, progress=not args.json,
                      options=data_options(args, data_args))
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         splits = select_splits(data.train_images[:1], data.train_labels[:1], data.test_images, data.test_labels,
                                limit_test=args.limit_test)
         images, labels = splits.test_images, splits.test_labels
-    if list(data.classes) != list(meta.get("classes", data.classes)):
-        raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {meta['classes']}")
+    if list(data.classes) != classes:
+        raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {classes}")
     views = "multiview" if args.multiview else "flip" if args.flip else "single"
     amp = device.type == "cuda"
     calibration = None
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     out = {"accuracy": result.accuracy, "n": result.n, "split": args.split, "views": views,
            "weights": args.weights if "ema" in meta["files"] else "raw", "run": str(args.run),
            "model": meta["model"].get("name") or "cfg", "step": meta["step"],
-           "per_class": dict(zip(data.classes, per_class))}
+           "per_class": dict(zip(classes, per_class))}
     from ..reports.calibration import expected_calibration_error
 
     out["ece"] = expected_calibration_error(result.probs, result.labels)
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         out["reliability_file"] = str(args.reliability)
     if args.confusion:
         try:
-            write_confusion(args.confusion, result.confusion(), list(data.classes))
+            write_confusion(args.confusion, result.confusion(len(classes)), classes)
         except OSError as exc:
             raise LocalconvError(f"--confusion {args.confusion}: cannot write ({exc.strerror or exc})") from None
         out["confusion_file"] = str(args.confusion)
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.run}: {args.split} precision@1 = {result.accuracy:.4f} on {result.n} images "
           f"({views} view{'s' if views != 'single' else ''}, {out['weights']} weights, step {meta['step']})")
-    for name, acc in zip(data.classes, per_class):
+    for name, acc in zip(classes, per_class):
         print(f"  {name:<12} {acc:.4f}")
     if calibration is not None:
         print(f"temperature {calibration['temperature']:.3f} fitted on {calibration['n_val']} validation images "

@@ -7,6 +7,8 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list built-in models with parameter counts")
+    p.add_argument("pattern", nargs="?", default=None,
+                   help="only names matching this shell pattern, e.g. 'cc-*' ('_' and '-' are the same)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -15,7 +17,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import create_model, list_models, model_description
 
     rows = []
-    for name in list_models():
+    names = list_models(args.pattern)
+    if not names:
+        from ..errors import ModelError
+
+        raise ModelError(f"no model matches {args.pattern!r}; known models: {', '.join(list_models())}")
+    for name in names:
         model = create_model(name)
         rows.append({"name": name, "params": sum(p.numel() for p in model.parameters()),
                      "input": model.input_spec.crop, "description": model_description(name)})

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from .common import add_device_arg, positive_int
+from .common import add_device_arg, positive_int, run_classes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     images = np.stack([read_image(p) for p in args.images])  # validate every file before any work
     device = resolve_device(args.device)
     model, meta = load_run(args.run, which=args.weights, device=str(device))
-    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
+    classes = run_classes(model, meta, args.run)
+    k = min(args.top_k, len(classes))
+    if k < args.top_k:  # a run of fewer classes: all of them, most probable first
+        print(f"note: --top-k {args.top_k} is more than the run's {len(classes)} classes; showing {k}",
+              file=sys.stderr)
     probs = predict_probs(model, torch.from_numpy(images).to(device), views=args.views)
-    k = min(args.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     results = []
     for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist()):

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, LocalconvError
-from .common import (DATA_OPTION_KEYS, add_data_args, add_device_arg, add_model_args, load_data, model_from_args,
-                     non_negative_int, positive_float, positive_int)
+from .common import (DATA_OPTION_KEYS, add_data_args, add_device_arg, add_model_args, fit_model_to_classes, load_data,
+                     model_from_args, non_negative_int, positive_float, positive_int)
 from .train_options import check_resume_data, check_resume_options, out_folder, record_given, seed_value
 
 
@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             "n_test": int(splits.test_labels.numel())}
     if meta is not None:
         check_resume_data(out, meta, list(data.classes), info["n_train"])
+    else:  # built-in heads follow the data's class count; a cfg file's must match it
+        fit_model_to_classes(model, list(data.classes))
     from ..training import distributed as ddp
 
     dist_ctx = ddp.from_environment(options.device)

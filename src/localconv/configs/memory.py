@@ -7,21 +7,30 @@ activations before creating its module and refuses, at the layer's line, the lay
 the total over what this machine can hold.
 
 Training keeps four float32 copies of every parameter (weights, gradients, momentum increments,
-averaged weights) and, per image, each layer's output and its gradient; the estimate counts one
-image, so it never refuses a network that a small batch could train.
+averaged weights), and a checkpoint serializes the weights and the averages in memory before
+writing them: six copies at the peak. Per image, each layer's output and its gradient; the
+estimate counts one image, so it never refuses a network that a small batch could train.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
-BYTES_PER_PARAM = 4 * 4  # float32 weights + gradients + momentum + EMA copy
+BYTES_PER_PARAM = 4 * 6  # float32 weights, gradients, momentum, EMA copy + the checkpoint's two in-memory copies
 BYTES_PER_ACTIVATION = 4 * 2  # float32 output + its gradient, per image
 MEMORY_FRACTION = 0.8  # leave the rest to the data, the interpreter and everything else
 
 
 def machine_memory_bytes() -> int | None:
-    """Physical memory of this machine (``sysconf``), or None where it cannot be read."""
+    """Memory this process can still get: Linux's ``MemAvailable`` (free memory plus what the page
+    cache would give back), else the physical memory (``sysconf``); None where neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
@@ -30,7 +39,7 @@ def machine_memory_bytes() -> int | None:
 
 
 def memory_limit_bytes() -> int | None:
-    """The most a cfg network may need: ``MEMORY_FRACTION`` of the physical memory (None: no limit)."""
+    """The most a cfg network may need: ``MEMORY_FRACTION`` of the available memory (None: no limit)."""
     total = machine_memory_bytes()
     return int(total * MEMORY_FRACTION) if total else None
 
@@ -69,9 +78,9 @@ class MemoryBudget:
         if self.limit is not None and need > self.limit:
             return (f"the network would need about {format_bytes(need)} to train up to this layer "
                     f"({self.params + params:,} parameters x {BYTES_PER_PARAM} bytes for weights, gradients, "
-                    f"momentum and averages, plus activations; this layer: {params:,} parameters), more than "
-                    f"the {format_bytes(self.limit)} ({MEMORY_FRACTION:.0%} of this machine's memory) "
-                    "available; make the layer smaller")
+                    f"momentum, averages and checkpoints, plus activations; this layer: {params:,} "
+                    f"parameters), more than the {format_bytes(self.limit)} available ({MEMORY_FRACTION:.0%} of "
+                    "this machine's free memory); make the layer smaller")
         self.params += params
         self.activations += activations
         self.layers.append(LayerEstimate(name, params, activations))

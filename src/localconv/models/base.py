@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -228,3 +228,11 @@ class Classifier(nn.Module):
         if not hasattr(self, "pixel_mean"):
             self.register_buffer("pixel_mean", torch.zeros(3, 32, 32))
         self.pixel_mean.copy_(mean.to(self.pixel_mean))
+
+
+def transforms(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The test-time preprocessing of ``model`` as a function (timm's ``create_transform``):
+    raw uint8 images ``[N, C, 32, 32]`` -> the network's float input (see :meth:`Classifier.preprocess`)."""
+    if not isinstance(model, Classifier):
+        raise ModelValueError(f"transforms() takes a localconv model, got {type(model).__name__}")
+    return model.preprocess
