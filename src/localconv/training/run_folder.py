@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import LocalconvError
 from .checkpoint import CHECKPOINT_FILE, RUN_FILE, RUN_FORMAT, TEMP_FILE
-from .run_lock import LOCK_FILE, RunLock
+from .run_lock import LOCK_FILE, RunFolderBusy, RunLock
 
 METRICS_FILE = "metrics.jsonl"
 # names a training writes into its folder: the only ones a failed run may remove (and only if it created them)
@@ -94,7 +94,11 @@ class RunFolder:
             self._found = set(os.listdir(self.out))
             if self._lock is not None:
                 self._lock.acquire()
-        except BaseException:
+        except RunFolderBusy:  # the lock file is the holder's (even if it appeared after our listing): keep it
+            self._remove_made_dirs()
+            raise
+        except BaseException:  # undo this run's lock file (if it made it) and folders
+            self._remove_created_files()
             self._remove_made_dirs()
             raise
         try:
