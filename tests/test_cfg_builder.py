@@ -551,3 +551,55 @@ def test_error_reserved_layer_name_and_bad_crop() -> None:
                  layers, params)
     with pytest.raises(ModelError, match="crop"):
         build(crop=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory estimate, class count, quoted values
+
+@pytest.mark.parametrize("name", ["cc-11pct", "cc-18pct"])
+def test_memory_estimate_counts_every_parameter(name: str) -> None:
+    model = create_model(name)
+    budget = model.memory_estimate
+    assert budget.params == sum(p.numel() for p in model.parameters())
+    assert [layer.name for layer in budget.layers if layer.params] == [n for n, _ in model.named_children()
+                                                                       if any(True for _ in _.parameters())]
+    assert budget.limit is None or budget.limit > 0
+
+
+def test_memory_limit_refuses_the_layer_that_goes_over() -> None:
+    from localconv.configs.memory import BYTES_PER_PARAM
+
+    small = build()
+    need = small.memory_estimate.needed()
+    assert build(memory_limit=need).num_classes == 10  # exactly enough
+    conv1 = small.conv1.weight.numel() + small.conv1.bias.numel()
+    # room for conv1 but not for fc10: refused at fc10's outputs line, before fc10 is allocated
+    expect_error(f"layers.cfg:{line_of(LAYERS, 'fc10', 'outputs')}: [fc10]", "make the layer smaller",
+                 memory_limit=(conv1 + 10) * BYTES_PER_PARAM + 100_000)
+    expect_error(f"layers.cfg:{line_of(LAYERS, 'conv1', 'filters')}: [conv1]", "available (memory_limit)",
+                 memory_limit=3 * 24 * 24 * 8 + 100)  # the images, but not conv1
+
+
+def test_num_classes_sets_the_logits_layer_and_is_kept_in_the_spec() -> None:
+    model = build(num_classes=4)
+    assert model.num_classes == 4 and model.fc10.out_features == 4 and model.cfg_spec["num_classes"] == 4
+    assert build_cfg_model_from_spec(model.cfg_spec).fc10.out_features == 4
+    assert "num_classes" not in build().cfg_spec  # specs of runs written before stay as they were
+    layers = edit(LAYERS, "inputs=fc10", "inputs=rnorm1")  # the softmax reads a norm layer's maps
+    layers = edit(layers, "[fc10]\ntype=fc\ninputs=rnorm1\noutputs=10\n\n", "")
+    params = edit(PARAMS, "[fc10]\nepsW=0.01\nepsB=0.02\nmomW=0.5\nmomB=0.6\nwc=0.1\n\n", "")
+    assert build(layers, params).num_classes == 16 * 6 * 6
+    expect_error(f"layers.cfg:{line_of(layers, 'rnorm1')}: [rnorm1]", "only an fc layer's outputs", layers,
+                 params, num_classes=4)
+
+
+def test_quoted_values_are_cut() -> None:
+    from localconv.configs.parser import clip
+
+    assert clip("abc") == "abc" and clip("x" * 61) == "x" * 60 + "...(61 chars)"
+    long = "relu" * 10_000
+    for layers in (edit(LAYERS, "neuron=relu", f"neuron={long}"), edit(LAYERS, "stride=2\n", f"stride={long}\n"),
+                   edit(LAYERS, "[conv1]", "[conv1]\n" + "y" * 5000), edit(LAYERS, "type=conv", f"type={long}")):
+        with pytest.raises(ConfigError) as info:
+            build(layers)
+        assert len(str(info.value)) < 400 and "chars)" in str(info.value), str(info.value)[:400]

@@ -192,7 +192,7 @@ def build_cfg_model(layers_text: str, params_text: str | None, layers_name: str 
             "params_name": params_name, "crop": crop, "flip": flip, "structure_only": structure_only}
     if num_classes is not None:
         spec["num_classes"] = num_classes
-    budget = MemoryBudget() if memory_limit == "machine" else MemoryBudget(limit=memory_limit)
+    budget = MemoryBudget() if memory_limit == "machine" else MemoryBudget(memory_limit, "memory_limit")
     built: dict[str, BuiltLayer] = {}
     for name in graph.order:
         kind = graph.types[name]

@@ -64,6 +64,7 @@ class MemoryBudget:
     """Running totals of a network being built; ``limit`` in bytes (None: unlimited)."""
 
     limit: int | None = field(default_factory=memory_limit_bytes)
+    limit_source: str = f"{MEMORY_FRACTION:.0%} of this machine's free memory"
     params: int = 0
     activations: int = 0
     layers: list[LayerEstimate] = field(default_factory=list)
@@ -79,8 +80,8 @@ class MemoryBudget:
             return (f"the network would need about {format_bytes(need)} to train up to this layer "
                     f"({self.params + params:,} parameters x {BYTES_PER_PARAM} bytes for weights, gradients, "
                     f"momentum, averages and checkpoints, plus activations; this layer: {params:,} "
-                    f"parameters), more than the {format_bytes(self.limit)} available ({MEMORY_FRACTION:.0%} of "
-                    "this machine's free memory); make the layer smaller")
+                    f"parameters), more than the {format_bytes(self.limit)} available ({self.limit_source}); make the "
+                    "layer smaller")
         self.params += params
         self.activations += activations
         self.layers.append(LayerEstimate(name, params, activations))
