@@ -205,6 +205,17 @@ def test_damaged_archive_is_never_cached(tmp_path: Path) -> None:
     assert not list((cache / "decoded").glob("*.npz")) if (cache / "decoded").exists() else True
 
 
+def test_archives_with_the_progress_bar(tmp_path: Path) -> None:
+    # The progress bar wraps the compressed stream: sound archives read, damaged ones are refused.
+    folder = tarball_folder(tmp_path, b"".join(train_members()) + END)
+    assert detect_source(folder).read(progress=True).num_classes == 3
+    raw = bytearray((folder / "train.tar.gz").read_bytes())
+    raw[-8] ^= 1
+    (folder / "train.tar.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="train.tar.gz: corrupt"):
+        detect_source(folder).read(progress=True)
+
+
 def test_damaged_archive_through_train_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tarball_folder(tmp_path, b"".join(train_members()) + END)
     raw = bytearray((folder / "train.tar.gz").read_bytes())

@@ -94,17 +94,18 @@ class ArchiveMember:
         return "/".join(self.parts)
 
 
-def _decompressed(raw: BinaryIO) -> BinaryIO:
-    """A reader of the decompressed content, chosen by the magic bytes (not by the file name)."""
+def _decompressed(raw: BinaryIO, reader: BinaryIO) -> BinaryIO:
+    """A reader of ``reader``'s decompressed content, chosen by the magic bytes of ``raw`` (not by the
+    file name); ``reader`` reads ``raw`` (through the progress bar)."""
     magic = raw.read(6)
     raw.seek(0)
     if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[return-value]
     if magic[:3] == b"BZh":
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
+        return bz2.BZ2File(reader)  # type: ignore[return-value]
     if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return raw
+        return lzma.LZMAFile(reader)  # type: ignore[return-value]
+    return reader
 
 
 def iter_archive(archive: Path, progress: bool, desc: str, member_limit: int) -> Iterator[ArchiveMember]:
@@ -118,7 +119,7 @@ def iter_archive(archive: Path, progress: bool, desc: str, member_limit: int) ->
     with raw, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                    disable=not progress) as bar:
         try:
-            stream = _TailReader(_decompressed(_ProgressReader(raw, bar) if progress else raw))  # type: ignore[arg-type]
+            stream = _TailReader(_decompressed(raw, _ProgressReader(raw, bar)))  # type: ignore[arg-type]
             seen: dict[tuple[str, ...], bool] = {}
             total = 0
             with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[arg-type]

@@ -132,8 +132,8 @@ def _resize_note(options: DataOptions) -> str:
 def _with_options(source: DatasetSource, options: DataOptions) -> DatasetSource:
     """Refuse options that do not apply to ``source``; record the ones that do (description, cache key)."""
     if options.labels is not None and source.kind != "cifar100":
-        raise DataError(f"--labels {options.labels}: only the CIFAR-100 release has fine and coarse labels, "
-                        f"{source.path} is a {source.description.split(' (')[0]}")
+        raise DataError(f"--labels {options.labels}: only the CIFAR-100 release has fine and coarse labels; "
+                        f"{source.path} holds {source.description.split(' (')[0]}")
     if options.tag not in source.listing:  # a folder holding a release is detected through detect_source twice
         source.listing.append(options.tag)
     return source
