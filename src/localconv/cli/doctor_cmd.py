@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, add_device_arg, add_model_args, data_options, load_data, model_from_args,
-                     non_negative_int, positive_float, positive_int)
+from .common import (add_data_args, add_device_arg, add_model_args, data_options, fit_model_to_classes, load_data,
+                     model_from_args, non_negative_int, positive_float, positive_int)
 from .train_options import seed_value
 
 
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = model_from_args(args)
     data = load_data(args.data, args.cache_dir, progress=args.progress, options=data_options(args))
+    fit_model_to_classes(model, list(data.classes))  # the head follows the data's class count, as in train
     report = run_doctor(model, data.train_images, data.train_labels, options, classes=list(data.classes))
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))
