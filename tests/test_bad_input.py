@@ -666,6 +666,8 @@ CASES = [
          ("metrics.jsonl:", "not a JSON object")),
     Case("compare-metrics-field-not-number", "compare", _compare_metrics_line('{"kind": "epoch", "epoch": "one"}'),
          ("metrics.jsonl:", "'epoch'", "expected a number")),
+    Case("compare-metrics-epoch-missing", "compare", _compare_metrics_line('{"kind": "step", "step": 3}'),
+         ("metrics.jsonl:", "'epoch': missing")),
     Case("out-not-a-run", "train", _not_a_run_folder, ("--out", "mine", "not a localconv run")),
     Case("out-empty-string", "train", lambda w, t: [*good_argv(w, t), "--out", ""], ("--out", "empty path")),
     Case("seed-too-large", "train", _good("--seed", str(2**70)), ("--seed", "2**63-1")),

@@ -71,6 +71,8 @@ def _check_record(record: Any, where: str) -> None:
     """A metrics.jsonl record: an object whose numeric fields (and every loss) are numbers (NaN allowed)."""
     if not isinstance(record, dict):
         raise CheckpointError(f"{where}: not a JSON object")
+    if record.get("kind") in ("epoch", "step") and "epoch" not in record:  # every curve is drawn against it
+        raise CheckpointError(f"{where}: field 'epoch': missing in a {record['kind']} record")
     for key, value in record.items():
         if (key in _NUMBER_FIELDS or key.startswith("loss")) and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
