@@ -156,12 +156,12 @@ class Classifier(nn.Module):
         if self.input_spec.normalize != "standardize" or x.numel() == 0:
             return
         flat = x.detach().float().flatten(1)
-        mean = flat.mean(1).abs().max()
-        std = flat.std(1, unbiased=False).max()
-        if float(mean) > STANDARDIZED_MAX_MEAN or float(std) > STANDARDIZED_MAX_STD:
+        mean = float(flat.mean(1).abs().max())
+        std = float(flat.std(1, unbiased=False).max())
+        if mean > STANDARDIZED_MAX_MEAN or std > STANDARDIZED_MAX_STD:
             raise ModelValueError(
-                f"{self._name()}: float input is not per-image standardized (|mean| up to {float(mean):.3g}, "
-                f"std up to {float(std):.3g}; expected 0 and <= 1): give raw uint8 images, or "
+                f"{self._name()}: float input is not per-image standardized (image means up to {mean:.3g} away "
+                f"from 0, standard deviations up to {std:.3g}; expected 0 and <= 1): give raw uint8 images, or "
                 "model.preprocess(uint8 images)")
 
     @torch.no_grad()
