@@ -492,3 +492,14 @@ def test_cli_data_options_are_recorded(tmp_path: Path, capsys: pytest.CaptureFix
     meta = json.loads((out / "run.json").read_text())
     assert meta["data"]["args"]["labels"] == "coarse" and "coarse labels" in meta["data"]["source"]
     assert meta["classes"] == COARSE
+
+
+def test_official_size_batch_with_another_md5_is_refused(tmp_path: Path) -> None:
+    # A batch named like the official one and holding its 10,000 images must be the official file:
+    # a flipped pixel byte leaves the pickle loadable, only the md5 tells.
+    arrays = make_arrays(n_train=10, n_test=10000, seed=1)
+    folder = write_python_release(tmp_path, arrays)
+    refused(folder, "test_batch: md5", "differs from the official release's 40351d587109b95175f43aff81a1287e",
+            "10000 images")
+    smaller = write_python_release(tmp_path / "small", make_arrays(n_train=10, n_test=9999, seed=1))
+    assert len(read(smaller).test_labels) == 9999  # another count: not the official file, not checked

@@ -5,6 +5,7 @@ File names, parsers and the assembly of the parsed batches into a :class:`CifarD
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,21 @@ BINARY_META = "batches.meta.txt"
 CIFAR100_TOP = "cifar-100-python"
 CIFAR100_TRAIN, CIFAR100_TEST, CIFAR100_META = "train", "test", "meta"
 LABEL_SETS = ("fine", "coarse")  # CIFAR-100: 100 fine classes or 20 coarse superclasses
+
+# The md5 of each batch file of the official python releases, with its image count
+# (https://www.cs.toronto.edu/~kriz/cifar.html; the same values torchvision checks). A batch
+# file with an official name and the official image count is that file, and must match:
+# flipped pixel bytes in a pickle leave it loadable, and only the checksum can tell.
+OFFICIAL_BATCHES: dict[tuple[str, str], tuple[int, str]] = {
+    (PYTHON_TOP, "data_batch_1"): (10000, "c99cafc152244af753f735de768cd75f"),
+    (PYTHON_TOP, "data_batch_2"): (10000, "d4bba439e000b95fd0a9bffe97cbabec"),
+    (PYTHON_TOP, "data_batch_3"): (10000, "54ebc095f3ab1f0389bbae665268c751"),
+    (PYTHON_TOP, "data_batch_4"): (10000, "634d18415352ddfa80567beed471001a"),
+    (PYTHON_TOP, "data_batch_5"): (10000, "482c414d41f54cd18b22e5b47cb7c3cb"),
+    (PYTHON_TOP, "test_batch"): (10000, "40351d587109b95175f43aff81a1287e"),
+    (CIFAR100_TOP, CIFAR100_TRAIN): (50000, "16019d7e3df5f24257cddd939b257f8d"),
+    (CIFAR100_TOP, CIFAR100_TEST): (10000, "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+}
 
 
 def _str_keys(obj: dict) -> dict[str, object]:
@@ -132,6 +148,17 @@ def cifar100_release(labels: str = "fine") -> Release:
                    functools.partial(parse_python_meta, key=f"{labels}_label_names"), default_classes=None)
 
 
+def check_official_md5(top: str, name: str, raw: bytes, count: int, shown: str) -> None:
+    """Refuse a batch that is the official file by name and image count but not by md5 (see OFFICIAL_BATCHES)."""
+    official = OFFICIAL_BATCHES.get((top, name))
+    if official is None or official[0] != count:
+        return
+    actual = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if actual != official[1]:
+        raise DataError(f"{shown}: md5 {actual} differs from the official release's {official[1]} although it "
+                        f"holds the official {count} images: the file is damaged (download the release again)")
+
+
 def assemble_release(release: Release, files: dict[str, bytes], where: str, prefix: str,
                      description: str) -> CifarData:
     """Parse the batch files of ``release`` (``files``: name -> bytes; ``prefix`` + name names a file)."""
@@ -148,6 +175,7 @@ def assemble_release(release: Release, files: dict[str, bytes], where: str, pref
     for name in release.batch_names:
         images, labels = release.parse_batch(files[name], prefix + name)
         check_label_range(labels, len(classes), f"{prefix}{name}: labels")
+        check_official_md5(release.top, name, files[name], len(labels), prefix + name)
         parsed[name] = (images, labels)
     train = [parsed[name] for name in release.train]
     return CifarData(
