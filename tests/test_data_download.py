@@ -160,3 +160,6 @@ def test_cifar100_download_fine_and_coarse(tmp_path: Path, server: SimpleNamespa
     np.testing.assert_array_equal(coarse.test_labels, np.array([0, 0, 1, 1])[arrays.test_labels])
     with pytest.raises(DataError, match="--dataset must be one of cifar10, cifar100"):
         load_cifar10(None, cache_dir=cache, progress=False, dataset="imagenet")
+    with pytest.raises(DataError, match="--labels coarse: only the CIFAR-100 release"):  # refused before downloading
+        load_cifar10(None, cache_dir=tmp_path / "other", progress=False, url=url, md5=md5, labels="coarse")
+    assert not (tmp_path / "other").exists()

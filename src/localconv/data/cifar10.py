@@ -31,6 +31,9 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     if source is None:
         if dataset not in OFFICIAL_RELEASES:
             raise DataError(f"--dataset must be one of {', '.join(OFFICIAL_RELEASES)}, got {dataset!r}")
+        if labels is not None and dataset != "cifar100":  # before any download
+            raise DataError(f"--labels {labels}: only the CIFAR-100 release has fine and coarse labels; "
+                            f"give --dataset cifar100 or --data PATH/TO/cifar-100-python.tar.gz")
         default_url, default_md5, file_name = OFFICIAL_RELEASES[dataset]
         url, md5 = url or default_url, md5 or default_md5
         archive = cache_root / file_name
