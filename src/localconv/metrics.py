@@ -10,7 +10,7 @@ One meaning per name, the same in the console, ``metrics.jsonl``, TensorBoard an
                         ``wc``, as ``wc * sum(W^2) / 2``). Models with more decayed weights have a higher
                         total at the same cross-entropy: rank models by cross-entropy or accuracy.
 
-Accuracies are printed by :func:`format_accuracy` only ("82.25%").
+Accuracies (and predicted probabilities) are printed by :func:`format_accuracy` only ("82.25%").
 
 This module imports nothing from localconv, so training, reports and the CLI can all use it.
 """
@@ -27,7 +27,8 @@ LEGACY_LOSS_KEYS = {LOSS_TOTAL: "loss"}
 
 
 def format_accuracy(value: float | None, missing: str = "-") -> str:
-    """An accuracy (a fraction in [0, 1]) as a percent with two decimals: ``0.8225 -> "82.25%"``."""
+    """An accuracy (a fraction in [0, 1]) as a percent with two decimals: ``0.8225 -> "82.25%"``; also
+    used for predicted probabilities, so that every fraction a person reads looks the same."""
     if value is None or not math.isfinite(value):
         return missing
     return f"{100 * value:.2f}%"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LocalconvError
+from ..metrics import format_accuracy
 from .common import add_data_args, add_device_arg, positive_int
 
 
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     calibration = None
     if args.calibrate:
         calibration = _calibrate(args, model, data, data_args, device, images, labels, views, amp)
-    result = evaluate(model, images.to(device), labels.to(device), views=views, batch_size=args.batch_size, amp=amp)
+    bar = f"eval {args.split}" if not args.json and sys.stderr.isatty() else None  # no bar in logs
+    result = evaluate(model, images.to(device), labels.to(device), views=views, batch_size=args.batch_size, amp=amp,
+                      progress=bar)
     per_class = result.per_class_accuracy()
     out = {"accuracy": result.accuracy, "n": result.n, "split": args.split, "views": views,
            "weights": args.weights if "ema" in meta["files"] else "raw", "run": str(args.run),
@@ -118,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.run}: {args.split} precision@1 = {result.accuracy:.4f} on {result.n} images "
+    print(f"{args.run}: {args.split} precision@1 = {format_accuracy(result.accuracy)} on {result.n} images "
           f"({views} view{'s' if views != 'single' else ''}, {out['weights']} weights, step {meta['step']})")
     for name, acc in zip(classes, per_class):
-        print(f"  {name:<12} {acc:.4f}")
+        print(f"  {name:<12} {format_accuracy(acc):>7}")
     if calibration is not None:
         print(f"temperature {calibration['temperature']:.3f} fitted on {calibration['n_val']} validation images "
               f"and stored in {args.run}; expected calibration error {calibration['ece_before']:.4f} -> "

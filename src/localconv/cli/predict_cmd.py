@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import read_image
+    from ..metrics import format_accuracy
     from ..training.checkpoint import load_run
     from ..training.engine import resolve_device
     from ..training.evaluate import predict_probs
@@ -53,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
         return 0
     for r in results:
-        ranked = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+        ranked = ", ".join(f"{t['class']} {format_accuracy(t['probability'])}" for t in r["top"])
         print(f"{r['image']}: {ranked}")
     return 0

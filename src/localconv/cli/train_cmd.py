@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, LocalconvError
+from ..metrics import format_accuracy
 from .common import (DATA_OPTION_KEYS, add_data_args, add_device_arg, add_model_args, fit_model_to_classes, load_data,
                      model_from_args, non_negative_int, positive_float, positive_int)
 from .train_options import check_resume_data, check_resume_options, out_folder, record_given, seed_value
@@ -56,7 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="stop (with a checkpoint) at the first problem --watch finds; implies --watch")
     diag.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                       help="write TensorBoard scalars and histograms (to DIR, default the run folder)")
-    diag.add_argument("--tb-every", type=positive_int, default=100, help="steps between TensorBoard writes")
+    diag.add_argument("--tb-every", type=positive_int, default=None,
+                      help="steps between TensorBoard writes (default: 100, fewer in a short run so that it "
+                           "still gets about 20 points)")
     p.set_defaults(func=run)
     record_given(p)  # last: --resume refuses exactly the options typed (train_options.py)
 
@@ -223,6 +226,6 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
         say(f"stopped at step {state.step} ({trainer.stop_reason}, --stop-on-problem); checkpoint written")
         return 1
     acc = state.last_accuracy
-    say(f"done: step {state.step}, {trainer.splits.eval_split} accuracy {acc:.4f}" if acc is not None
+    say(f"done: step {state.step}, {trainer.splits.eval_split} accuracy {format_accuracy(acc)}" if acc is not None
         else f"done: step {state.step}")
     return 0

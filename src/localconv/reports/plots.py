@@ -1,6 +1,6 @@
 """PNG plots with matplotlib's object API and the Agg canvas (no pyplot, no global backend change).
 
-``plot_curves``              loss and accuracy of several runs against epoch or wall time
+``plot_curves``              losses and accuracy of several runs against epoch or wall time
 ``plot_accuracy_vs_params``  best accuracy of several runs against their parameter count
 ``plot_confusion``           a confusion matrix (``localconv eval --confusion x.png``)
 ``plot_reliability``         a reliability diagram (``localconv eval --reliability x.png``)
@@ -19,13 +19,18 @@ from ..errors import LocalconvError
 
 @dataclass
 class Curve:
-    """One run's series: x values per metric (epochs or seconds) and the metric values."""
+    """One run's series: x values per metric (epochs or seconds) and the metric values. ``loss`` is the
+    training ``loss/cross_entropy``, ``total`` the ``loss/total`` (with the weight-decay terms);
+    ``acc_label`` names the run and its evaluation split."""
 
     label: str
     loss_x: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     acc_x: list[float] = field(default_factory=list)
     acc: list[float] = field(default_factory=list)
+    total_x: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    acc_label: str = ""
 
 
 def _figure(width: float, height: float) -> Any:
@@ -35,6 +40,13 @@ def _figure(width: float, height: float) -> Any:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _percent() -> Any:
+    """Accuracy axes in percent, like every table (localconv.metrics.format_accuracy)."""
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0)
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -50,22 +62,28 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "epoch", title: str = "") -> Path:
-    """Two panels side by side: training loss and evaluation accuracy of each run against ``xlabel``."""
+    """Two panels side by side: the training losses (cross-entropy solid, total dashed) and the evaluation
+    accuracy of each run (its split in the legend) against ``xlabel``."""
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
         if c.loss:
             ax_loss.plot(c.loss_x, c.loss, color=color, label=c.label, linewidth=1.5)
+        if c.total:  # runs logged before loss/cross_entropy existed have only this one
+            ax_loss.plot(c.total_x, c.total, color=color, linestyle="--", linewidth=1,
+                         label=None if c.loss else f"{c.label} (total only)")
         if c.acc:
-            ax_acc.plot(c.acc_x, c.acc, color=color, label=c.label, marker="o", markersize=3, linewidth=1.5)
+            ax_acc.plot(c.acc_x, c.acc, color=color, label=c.acc_label or c.label, marker="o", markersize=3,
+                        linewidth=1.5)
     ax_loss.set_xlabel(xlabel)
-    ax_loss.set_ylabel("training loss (with weight-decay terms)")
+    ax_loss.set_ylabel("training loss: cross-entropy (solid),\ntotal with weight decay (dashed)")
     ax_acc.set_xlabel(xlabel)
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy (eval split in the legend)")
+    ax_acc.yaxis.set_major_formatter(_percent())
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
-    if any(c.loss for c in curves):
+    if any(c.loss or c.total for c in curves):
         ax_loss.legend(fontsize="small")
     if any(c.acc for c in curves):
         ax_acc.legend(fontsize="small")
@@ -86,7 +104,8 @@ def plot_accuracy_vs_params(labels: Sequence[str], params: Sequence[int], accura
         ax.annotate(label, (n, acc), textcoords="offset points", xytext=(6, 4), fontsize="small")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("best accuracy")
+    ax.set_ylabel("best accuracy (eval split in the label)")
+    ax.yaxis.set_major_formatter(_percent())
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.25, y=0.2)
     ax.set_title(title)

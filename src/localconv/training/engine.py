@@ -470,7 +470,8 @@ class Trainer:
                     if show:
                         rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
                         total, ce = self.last_terms.tolist()
-                        bar.set_postfix(total=f"{total:.3f}", ce=f"{ce:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                        bar.set_postfix({"loss/total": f"{total:.3f}", "cross_entropy": f"{ce:.3f}",
+                                         "img/s": f"{rate:.0f}"}, refresh=False)
                     bar.update(1)
                     if self.log_every and s.step % self.log_every == 0:
                         if fused is not None:
