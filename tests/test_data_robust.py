@@ -150,6 +150,22 @@ def test_member_list_cut_short_by_a_damaged_header_is_refused(tmp_path: Path, da
     refused(folder, "train.tar.gz", "corrupt archive")
 
 
+@pytest.mark.parametrize("compress", ["bz2", "xz"])
+def test_other_compressions_are_checked_too(tmp_path: Path, compress: str) -> None:
+    import bz2
+    import lzma
+
+    tar = b"".join(train_members()) + END
+    packed = bz2.compress(tar) if compress == "bz2" else lzma.compress(tar)
+    folder = tarball_folder(tmp_path, tar)
+    (folder / "train.tar.gz").write_bytes(packed)  # the magic bytes decide, not the suffix
+    assert len(read(folder).train_labels) == 9
+    (folder / "train.tar.gz").write_bytes(packed + b"junk")
+    refused(folder, "train.tar.gz")
+    (folder / "train.tar.gz").write_bytes(packed[:-20])
+    refused(folder, "train.tar.gz")
+
+
 def test_data_after_the_gzip_stream_is_refused(tmp_path: Path) -> None:
     folder = tarball_folder(tmp_path, b"".join(train_members()) + END)
     with open(folder / "train.tar.gz", "ab") as handle:

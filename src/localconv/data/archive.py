@@ -5,7 +5,7 @@ What is accepted, and why (see docs/data.md, "Archives"):
 * The compressed stream is decompressed here (gzip, bzip2, xz or none), not by tarfile's stream
   mode, which never checks a checksum: after the last member the rest of the stream is read to
   its end, so the gzip CRC-32 and length (bzip2 / xz checks) are verified, and a stream with
-  damaged or extra data is refused.
+  damaged, missing or extra data (bytes after the last compressed stream) is refused.
 * tarfile ends its member list silently at the first zero block or unreadable header after the
   first one: a damaged header at 97% of an archive would give a shorter dataset with no error.
   So everything from where tarfile stopped to the end of the stream must be zero bytes (the
@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
@@ -83,6 +83,32 @@ class _TailReader:
         return chunk
 
 
+class _StrictDecompressor:
+    """bzip2 / xz decompression that, unlike ``bz2.BZ2File`` and ``lzma.LZMAFile``, refuses data after
+    the last compressed stream (those classes drop it silently) and a stream cut short."""
+
+    def __init__(self, reader: BinaryIO, factory: Callable[[], Any]) -> None:
+        self._reader, self._factory = reader, factory
+        self._decompressor, self._input = factory(), b""
+
+    def read(self, size: int = -1) -> bytes:
+        want = size if size >= 0 else 1 << 62
+        out = bytearray()
+        while len(out) < want:
+            if self._decompressor.eof:
+                rest = self._decompressor.unused_data or self._reader.read(_CHUNK)
+                if not rest:
+                    break
+                self._decompressor, self._input = self._factory(), rest  # a next stream, or garbage: raises
+            if self._decompressor.needs_input and not self._input:
+                self._input = self._reader.read(_CHUNK)
+                if not self._input:
+                    raise EOFError("compressed stream ends before its end-of-stream marker")
+            out += self._decompressor.decompress(self._input, want - len(out))
+            self._input = b""
+        return bytes(out)
+
+
 @dataclass
 class ArchiveMember:
     parts: tuple[str, ...]
@@ -102,9 +128,9 @@ def _decompressed(raw: BinaryIO, reader: BinaryIO) -> BinaryIO:
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[return-value]
     if magic[:3] == b"BZh":
-        return bz2.BZ2File(reader)  # type: ignore[return-value]
+        return _StrictDecompressor(reader, bz2.BZ2Decompressor)  # type: ignore[return-value]
     if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(reader)  # type: ignore[return-value]
+        return _StrictDecompressor(reader, lzma.LZMADecompressor)  # type: ignore[return-value]
     return reader
 
 
