@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare runs: one table, PNG plots and a Markdown/HTML report")
     p.add_argument("runs", nargs="+", type=Path, help="run folders written by `localconv train`")
     p.add_argument("--out", type=Path, default=Path("compare"), help="folder for the report and its plots")
-    p.add_argument("--format", choices=("md", "html"), default="md", help="report format")
+    p.add_argument("--format", choices=("md", "html"), default="md",
+                   help="report format: md (links the PNG plots next to it) or html (one self-contained file, "
+                        "plots embedded)")
     p.add_argument("--title", default="localconv runs", help="report title")
     p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
     p.set_defaults(func=run)
