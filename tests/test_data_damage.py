@@ -2,13 +2,14 @@
 
 Never a different dataset without an error (issue 11: a damaged train.tar.gz used to train on
 48,588 of 50,000 images with exit 0). The archives are small synthetic ones holding real PNG and
-JPEG files; each example damages ``train.tar.gz`` at random offsets (flip, truncate, insert,
+JPEG files (gzip stored, gzip deflated, xz); each example damages ``train.tar.gz`` at random offsets (flip, truncate, insert,
 overwrite with zeros) and reads the folder. Bounded for CI (``LOCALCONV_FUZZ_EXAMPLES=N`` for more).
 """
 from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import os
 import tarfile
 import tempfile
@@ -32,8 +33,8 @@ CLASSES = ["bird", "cat", "dog"]
 ARRAYS = make_arrays(n_train=9, n_test=3, classes=CLASSES, seed=13)
 
 
-def split_archive(split: str, images: np.ndarray, labels: np.ndarray, level: int) -> bytes:
-    """A gzip tarball of ``split/<class>/<n>.png|jpg`` (PNG and JPEG alternate)."""
+def split_archive(split: str, images: np.ndarray, labels: np.ndarray, level: int | str) -> bytes:
+    """A tarball of ``split/<class>/<n>.png|jpe`` (PNG and JPEG alternate): gzip at ``level``, or "xz"."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for index, (image, label) in enumerate(zip(images, labels)):
@@ -42,11 +43,13 @@ def split_archive(split: str, images: np.ndarray, labels: np.ndarray, level: int
             info = tarfile.TarInfo(f"{split}/{CLASSES[label]}/{index:04d}.{fmt.lower()[:3]}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(buffer.getvalue(), compresslevel=level, mtime=0)
+    if level == "xz":
+        return lzma.compress(buffer.getvalue())
+    return gzip.compress(buffer.getvalue(), compresslevel=int(level), mtime=0)
 
 
 # level 0 (stored): damage inside image data decompresses fine, so only the gzip CRC can catch it.
-TRAIN = {level: split_archive("train", ARRAYS.train_images, ARRAYS.train_labels, level) for level in (0, 6)}
+TRAIN = {level: split_archive("train", ARRAYS.train_images, ARRAYS.train_labels, level) for level in (0, 6, "xz")}
 TEST = split_archive("test", ARRAYS.test_images, ARRAYS.test_labels, 6)
 
 
@@ -71,8 +74,8 @@ def _flip_in_first_jpeg() -> bytes:
 
 
 @st.composite
-def damaged(draw: st.DrawFn) -> tuple[int, bytes]:
-    level = draw(st.sampled_from(sorted(TRAIN)))
+def damaged(draw: st.DrawFn) -> tuple[int | str, bytes]:
+    level = draw(st.sampled_from(list(TRAIN)))
     data = bytearray(TRAIN[level])
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["flip", "flip", "truncate", "insert", "zero"]))
@@ -97,7 +100,7 @@ def assert_identical(got: CifarData, want: CifarData) -> None:
 @PROPERTY
 @given(damaged())
 @example((0, _flip_in_first_jpeg()))
-def test_damaged_archive_gives_the_original_or_one_error_line(case: tuple[int, bytes]) -> None:
+def test_damaged_archive_gives_the_original_or_one_error_line(case: tuple[int | str, bytes]) -> None:
     level, train = case
     try:
         data = read_folder(train)
