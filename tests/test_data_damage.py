@@ -2,8 +2,8 @@
 
 Never a different dataset without an error (issue 11: a damaged train.tar.gz used to train on
 48,588 of 50,000 images with exit 0). The archives are small synthetic ones holding real PNG and
-JPEG files (gzip stored, gzip deflated, xz); each example damages ``train.tar.gz`` at random offsets (flip, truncate, insert,
-overwrite with zeros) and reads the folder. Bounded for CI (``LOCALCONV_FUZZ_EXAMPLES=N`` for more).
+JPEG files (gzip stored, gzip deflated, xz); each example damages ``train.tar.gz`` at random
+offsets (flip, truncate, insert, overwrite with zeros) and reads the folder. Bounded for CI (``LOCALCONV_FUZZ_EXAMPLES=N`` for more).
 """
 from __future__ import annotations
 
