@@ -153,7 +153,7 @@ class Obj(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Any_(Spec):
+class Anything(Spec):
     def problem(self, value: Any) -> str | None:
         return None
 
@@ -187,7 +187,7 @@ DATA = Obj(fields={
     "n_train": Int(min=1), "n_val": Int(min=0), "n_test": Int(min=0),
 })
 
-MODEL = Obj(fields={"name": Str(nonempty=True, nullable=True), "kwargs": MapOf(value=Any_()),
+MODEL = Obj(fields={"name": Str(nonempty=True, nullable=True), "kwargs": MapOf(value=Anything()),
                     "cfg": Obj(nullable=True)})
 
 RUN_SCHEMA = Obj(required=("files", "sha256", "model", "options", "data", "classes", "step", "ema_updates",
