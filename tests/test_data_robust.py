@@ -508,6 +508,10 @@ def test_cli_data_options_are_recorded(tmp_path: Path, capsys: pytest.CaptureFix
     meta = json.loads((out / "run.json").read_text())
     assert meta["data"]["args"]["labels"] == "coarse" and "coarse labels" in meta["data"]["source"]
     assert meta["classes"] == COARSE
+    capsys.readouterr()
+    # eval reads the run's data again with the recorded --labels (else: the 6 fine classes, refused)
+    assert main(["eval", str(out), "--device", "cpu", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert list(json.loads(capsys.readouterr().out)["per_class"]) == COARSE
 
 
 def test_official_size_batch_with_another_md5_is_refused(tmp_path: Path) -> None:
