@@ -120,3 +120,18 @@ def test_train_stop_on_problem_exits_1_after_a_checkpoint(tmp_path, capsys):
     assert "watch: warning: conv2: conv2's initial weights" in err and "stopped at step 1" in err
     meta = json.loads((run / "run.json").read_text())
     assert meta["step"] == 1 and meta["stop_reason"] == "problem: init_too_small in conv2"
+
+
+def test_doctor_prints_only_its_report(tmp_path, capsys):
+    """No training line (the engine's "epoch ...: loss ..., accuracy ...") before the report, on either stream."""
+    from cifar_fixtures import CLASSES, Arrays, write_image_tree
+    from conftest import synthetic_cifar
+
+    data = write_image_tree(tmp_path / "data", Arrays(*synthetic_cifar(n_train=96, n_test=60, seed=1), CLASSES))
+    code, out, err = doctor(capsys, "--model", "tf-tutorial-conv", "--data", str(data), "--cache-dir",
+                            str(tmp_path / "cache"), "--device", "cpu", "--steps", "4", "--batch-size", "16",
+                            "--val-images", "16")
+    assert code in (0, 1)
+    assert out.startswith("localconv doctor: tf-tutorial-conv"), out
+    assert "held-out accuracy" in out  # the run was evaluated: the engine had an epoch line to print
+    assert "epoch" not in err and "epoch" not in out.splitlines()[0], err

@@ -9,8 +9,8 @@ by the findings, or serializes to JSON.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +171,9 @@ def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.nda
     with tempfile.TemporaryDirectory(prefix="localconv-doctor-") as tmp:
         trainer = Trainer(model, splits, run_dir or tmp, train_options, classes=classes, callbacks=[monitor])
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # the engine's epoch lines; stdout is the report's
+            # the engine's epoch line would come before the report and repeat its accuracy: dropped (the
+            # progress bar, with --progress, is on stderr)
+            with contextlib.redirect_stdout(io.StringIO()):
                 state = trainer.fit()
             accuracy = state.last_accuracy
         except NonFiniteLoss:  # the monitor recorded where; the engine's advice is about `train`
