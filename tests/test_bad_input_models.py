@@ -147,3 +147,10 @@ def test_non_finite_weights_are_refused_by_eval(trained: dict, tmp_path: Path, c
     assert main(["eval", str(run), "--weights", "raw", "--json"]) == 0  # the raw weights are fine
     with pytest.raises(localconv.LocalconvError, match="NaN or Inf"):
         localconv.load_run(run)
+
+
+def test_models_command_takes_a_pattern(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "cc_1*", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["cc-11pct", "cc-13pct"]
+    rc, lines = run_cli(["models", "resnet*"], capsys)
+    assert_one_error("models", rc, lines, ("no model matches 'resnet*'", "cc-11pct"))

@@ -132,7 +132,7 @@ def test_pretrained_cfg() -> None:
     tf = localconv.create_model("tf-tutorial").pretrained_cfg
     assert tf["input_size"] == (3, 24, 24) and tf["source_size"] == (3, 32, 32) and tf["crop_mode"] == "center"
     assert tf["normalization"] == "per-image standardization" and tf["num_classes"] == 10
-    assert tf["classes"] is None and tf["architecture"] == "tf-tutorial" and tf["crop_pct"] == 0.75
+    assert tf["classes"] is None and tf["architecture"] == "tf-tutorial" and tf["crop"] == 24
     cc = localconv.create_model("cc-18pct").pretrained_cfg
     assert cc["input_size"] == (3, 32, 32) and cc["normalization"] == "per-pixel mean subtraction"
     assert cc["train_augmentation"] == {"random_crop": False, "flip": False, "brightness_contrast": False}

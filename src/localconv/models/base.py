@@ -200,6 +200,7 @@ class Classifier(nn.Module):
             "input_size": (self.in_chans, spec.crop, spec.crop),
             "source_size": (self.in_chans, SOURCE_SIZE, SOURCE_SIZE),
             "input_dtype": "uint8 NCHW (0..255) for preprocess/predict_proba",
+            "crop": spec.crop,
             "crop_pct": spec.crop / SOURCE_SIZE,
             "crop_mode": "center",
             "normalization": norm,
