@@ -150,7 +150,7 @@ def test_non_finite_weights_are_refused_by_eval(trained: dict, tmp_path: Path, c
 
 
 def test_models_command_takes_a_pattern(capsys: pytest.CaptureFixture) -> None:
-    assert main(["models", "cc_1*", "--json"]) == 0
-    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["cc-11pct", "cc-13pct"]
+    assert main(["models", "cc_1?pct", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["cc-11pct", "cc-13pct", "cc-18pct"]
     rc, lines = run_cli(["models", "resnet*"], capsys)
     assert_one_error("models", rc, lines, ("no model matches 'resnet*'", "cc-11pct"))
