@@ -154,3 +154,13 @@ def test_models_command_takes_a_pattern(capsys: pytest.CaptureFixture) -> None:
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["cc-11pct", "cc-13pct", "cc-18pct"]
     rc, lines = run_cli(["models", "resnet*"], capsys)
     assert_one_error("models", rc, lines, ("no model matches 'resnet*'", "cc-11pct"))
+
+
+def test_resume_with_the_runs_own_model_name_on_fewer_classes(trained: dict, tmp_path: Path) -> None:
+    data, original = trained[3]
+    run = Path(shutil.copytree(original, tmp_path / "run"))
+    step = json.loads((run / "run.json").read_text())["step"]
+    assert main(["train", "--resume", "--out", str(run), "--model", "cc_80sec", "--epochs", "2",
+                 "--cache-dir", str(data.parent / "cache"), "--no-progress"]) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["step"] == 2 * step and meta["model"]["kwargs"] == {"num_classes": 3}

@@ -119,11 +119,15 @@ def _resume_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
 
 
 def _model_identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """What defines a model in a spec (a cfg model's file names do not)."""
+    """What defines a model in a spec (a cfg model's file names do not, nor the class count: it follows the
+    data, which check_resume_data compares)."""
     cfg = spec.get("cfg")
     if isinstance(cfg, dict):
-        cfg = {k: v for k, v in cfg.items() if k not in ("layers_name", "params_name")}
-    return {"name": spec.get("name"), "kwargs": spec.get("kwargs", {}), "cfg": cfg}
+        cfg = {k: v for k, v in cfg.items() if k not in ("layers_name", "params_name", "num_classes")}
+    kwargs = spec.get("kwargs", {})
+    if isinstance(kwargs, dict):
+        kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    return {"name": spec.get("name"), "kwargs": kwargs, "cfg": cfg}
 
 
 def run(args: argparse.Namespace) -> int:
