@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,18 +66,23 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     parser.set_defaults(_model_required=required)
 
 
-def model_from_args(args: argparse.Namespace) -> Classifier:
-    """Build the model named by --model (with options) or by --cfg/--params."""
-    from ..models.registry import create_model
-
+def check_model_choice(args: argparse.Namespace) -> None:
+    """Exactly one of --model and --cfg; torch-free, so that a command can refuse this before its imports."""
     if args.model and args.cfg:
         raise LocalconvError("give either --model or --cfg, not both")
+    if not args.model and not args.cfg:
+        raise LocalconvError("no model: give --model NAME (see `localconv models`) or --cfg LAYERS.cfg")
+
+
+def model_from_args(args: argparse.Namespace) -> Classifier:
+    """Build the model named by --model (with options) or by --cfg/--params."""
+    check_model_choice(args)
+    from ..models.registry import create_model
+
     if args.cfg:
         from ..configs import load_cfg_model
 
         return load_cfg_model(args.cfg, args.params, crop=args.crop or 24)
-    if not args.model:
-        raise LocalconvError("no model: give --model NAME (see `localconv models`) or --cfg LAYERS.cfg")
     kwargs: dict[str, Any] = {}
     for key in ("conv1_std", "conv2_std"):
         if getattr(args, key, None) is not None:

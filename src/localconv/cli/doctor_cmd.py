@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, add_device_arg, add_model_args, data_options, fit_model_to_classes, load_data,
-                     model_from_args, non_negative_int, positive_float, positive_int)
+from .common import (add_data_args, add_device_arg, add_model_args, check_model_choice, data_options,
+                     fit_model_to_classes, load_data, model_from_args, non_negative_int, positive_float, positive_int)
 from .train_options import seed_value
 
 
@@ -42,14 +42,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..diagnostics.doctor import DoctorOptions, run_doctor
+    from ..diagnostics.options import DoctorOptions
 
     options = DoctorOptions(steps=args.steps, batch_size=args.batch_size, limit_train=args.limit_train,
                             val_images=args.val_images, every=args.every, recipe=args.recipe, lr=args.lr,
                             lr_scale=args.lr_scale, seed=args.seed, device=args.device, progress=args.progress)
-    options.validate()
+    options.validate()  # usage errors first: they answer before torch is imported
+    check_model_choice(args)
+    import torch
+
+    from ..diagnostics.doctor import run_doctor
+
     torch.manual_seed(args.seed)
     model = model_from_args(args)
     data = load_data(args.data, args.cache_dir, progress=args.progress, options=data_options(args))
