@@ -36,7 +36,7 @@ from ..data.augment import draw_epoch_plan, train_batch
 from ..diagnostics.monitor import LayerMonitor
 from ..errors import LocalconvError
 from ..metrics import LOSS_KEYS, auto_interval
-from ..training.engine import Callback
+from ..training.callbacks import Callback
 
 if TYPE_CHECKING:
     from ..training.engine import Trainer
