@@ -62,31 +62,33 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, xlabel: str = "epoch", title: str = "") -> Path:
-    """Two panels side by side: the training losses (cross-entropy solid, total dashed) and the evaluation
-    accuracy of each run (its split in the legend) against ``xlabel``."""
-    fig = _figure(10, 4)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    """Three panels side by side against ``xlabel``: the training cross-entropy (comparable between models),
+    the training total loss (with each model's weight-decay terms) and the evaluation accuracy of each run
+    (its split in the legend)."""
+    fig = _figure(14, 4)
+    ax_ce, ax_total, ax_acc = fig.subplots(1, 3)
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
         if c.loss:
-            ax_loss.plot(c.loss_x, c.loss, color=color, label=c.label, linewidth=1.5)
-        if c.total:  # runs logged before loss/cross_entropy existed have only this one
-            ax_loss.plot(c.total_x, c.total, color=color, linestyle="--", linewidth=1,
-                         label=None if c.loss else f"{c.label} (total only)")
+            ax_ce.plot(c.loss_x, c.loss, color=color, label=c.label, linewidth=1.5)
+        if c.total:
+            ax_total.plot(c.total_x, c.total, color=color, label=c.label, linewidth=1.5)
         if c.acc:
             ax_acc.plot(c.acc_x, c.acc, color=color, label=c.acc_label or c.label, marker="o", markersize=3,
                         linewidth=1.5)
-    ax_loss.set_xlabel(xlabel)
-    ax_loss.set_ylabel("training loss: cross-entropy (solid),\ntotal with weight decay (dashed)")
-    ax_acc.set_xlabel(xlabel)
+    ax_ce.set_ylabel("training loss/cross_entropy")
+    ax_total.set_ylabel("training loss/total (with weight decay)")
     ax_acc.set_ylabel("accuracy (eval split in the legend)")
     ax_acc.yaxis.set_major_formatter(_percent())
-    for ax in (ax_loss, ax_acc):
+    missing = [c.label for c in curves if c.total and not c.loss]
+    if missing:  # metrics.jsonl written before loss/cross_entropy existed
+        ax_ce.set_title("not logged by: " + ", ".join(missing), fontsize="small")
+    for ax, has in ((ax_ce, any(c.loss for c in curves)), (ax_total, any(c.total for c in curves)),
+                    (ax_acc, any(c.acc for c in curves))):
+        ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-    if any(c.loss or c.total for c in curves):
-        ax_loss.legend(fontsize="small")
-    if any(c.acc for c in curves):
-        ax_acc.legend(fontsize="small")
+        if has:
+            ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
