@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LocalconvError
+from ..metrics import format_accuracy
 from ..models.base import Classifier
 from .checks import Finding, run_checks
 from .monitor import LayerMonitor, LayerStats, MonitorHistory
@@ -101,7 +102,7 @@ def format_report(report: DoctorReport) -> str:
     if losses:
         k = max(1, min(10, len(losses) // 5))
         head, tail = np.mean(losses[:k]), np.mean(losses[-k:])
-        acc = f", held-out accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
+        acc = f", held-out accuracy {format_accuracy(report.accuracy)}" if report.accuracy is not None else ""
         lines.append(f"cross-entropy {head:.3f} -> {tail:.3f} (chance {math.log(h.num_classes):.3f}){acc}")
     if report.stopped:
         lines.append(f"stopped early: {report.stopped}")
