@@ -1,6 +1,6 @@
 """Argument normalization and checks of the locally connected layers (1-D/2-D/3-D), ``nn.ConvNd`` style.
 
-Every bad value raises ``ValueError`` (``TypeError`` for a wrong type, as ``torch.nn`` does) naming
+Every bad value (a wrong type included: a float size, a string stride) raises ``ValueError`` naming
 the argument and the value.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ def ntuple(value: int | Sequence[int], dims: int, name: str, minimum: int = 1) -
         if len(values) != dims:
             raise ValueError(f"{name} must be an int or {dims} ints, got {value!r}")
     else:
-        raise TypeError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
+        raise ValueError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
     for v in values:
         if not _is_int(v):
-            raise TypeError(f"{name} must hold ints, got {value!r}")
+            raise ValueError(f"{name} must hold ints, got {value!r}")
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return tuple(int(v) for v in values)
@@ -72,7 +72,7 @@ def check_init_std(init_std: float | None, gain: float) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
