@@ -48,22 +48,23 @@ def test_no_augmentation_spec_draws_identity():
     assert (plan.brightness == 0).all() and (plan.contrast == 1).all()
 
 
-def test_pixel_mean_is_subtracted_before_cropping():
+def test_centre_patch_of_the_pixel_mean_is_subtracted_from_every_view():
+    # cuda-convnet's way (REFERENCE §3): the centre 24x24 of the mean, never flipped, for every crop and view
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     mean = torch.rand(3, 32, 32) * 255
     spec = InputSpec(crop=24, normalize="pixel_mean", photometric=False)
-    full = x.float() - mean
+    centre = mean[:, 4:28, 4:28]
     for view, flip in TEN_VIEWS:
         top, left = view_offsets(spec, view)
-        ref = full[:, :, top:top + 24, left:left + 24]
+        ref = x.float()[:, :, top:top + 24, left:left + 24]
         ref = ref.flip(-1) if flip else ref
-        assert torch.allclose(eval_batch(x, spec, mean, view, flip), ref, atol=1e-4)
+        assert torch.allclose(eval_batch(x, spec, mean, view, flip), ref - centre, atol=1e-4)
     plan = draw_epoch_plan(3, spec, 1, 0)
     got = train_batch(x, plan, spec, mean)
     for i in range(3):
         t, l = plan.offsets[i].tolist()
-        ref = full[i, :, t:t + 24, l:l + 24]
-        assert torch.allclose(got[i], ref.flip(-1) if plan.flips[i] else ref, atol=1e-4)
+        ref = x[i].float()[:, t:t + 24, l:l + 24]
+        assert torch.allclose(got[i], (ref.flip(-1) if plan.flips[i] else ref) - centre, atol=1e-4)
 
 
 def test_photometric_train_batch_is_standardized():

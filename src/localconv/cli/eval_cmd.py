@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test set, or the run's own validation split")
     p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="images per evaluation batch")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: off on the CPU; on CUDA, as the run was trained: float32 for the "
+                        "original recipe, bf16 for the fast one)")
     p.add_argument("--confusion", type=Path, default=None, help="write the confusion matrix (.csv or .png)")
     p.add_argument("--reliability", type=Path, default=None, help="write a reliability diagram (.png)")
     p.add_argument("--calibrate", action="store_true",
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import load_run
     from ..training.engine import resolve_device
     from ..training.evaluate import evaluate
+    from ..training.precision import eval_amp
     from .common import data_options, load_data, run_classes
 
     if args.confusion is not None:  # a bad output path is reported before the evaluation, not after
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if list(data.classes) != classes:
         raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {classes}")
     views = "multiview" if args.multiview else "flip" if args.flip else "single"
-    amp = device.type == "cuda"
+    amp = eval_amp(args.amp, meta, device.type)
     calibration = None
     if args.calibrate:
         calibration = _calibrate(args, model, data, data_args, device, images, labels, views, amp)
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     per_class = result.per_class_accuracy()
     out = {"accuracy": result.accuracy, "n": result.n, "split": args.split, "views": views,
            "weights": args.weights if "ema" in meta["files"] else "raw", "run": str(args.run),
-           "model": meta["model"].get("name") or "cfg", "step": meta["step"],
+           "model": meta["model"].get("name") or "cfg", "step": meta["step"], "amp": amp,
            "per_class": dict(zip(classes, per_class))}
     from ..reports.calibration import expected_calibration_error
 

@@ -40,13 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=non_negative_int, default=1, help="epochs between evaluations")
     p.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs between checkpoints")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA)")
+                   help="bf16 autocast (default: on for the fast recipe on CUDA; the original recipe runs in "
+                        "float32 on every device unless --amp is given, which run.json records)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--step", choices=("auto", "eager", "fused", "graph"), default="auto",
                    help="how a training step runs: eager (checks every loss before the update; needed by --watch, "
                         "--tensorboard, --skip-nonfinite and torchrun), fused (device-side step, no host "
-                        "synchronization), graph (fused, captured as one CUDA graph); auto: fused on CUDA "
-                        "when the run allows it, else eager")
+                        "synchronization), graph (fused, captured as one CUDA graph); auto: eager on every "
+                        "device (fused and graph are opt-in until their GPU parity is checked)")
+    p.add_argument("--holdout", choices=("auto", "none"), default="auto",
+                   help="auto: cfg models under the original recipe follow cuda-convnet's methodology (phase 1 "
+                        "of the schedule trains without batch 5, or a seeded stand-in of a fifth of each class, "
+                        "and is validated on it; later phases train on all images); none: all images throughout")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip batches whose loss is NaN/Inf")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     diag = p.add_argument_group("diagnosis (see docs/diagnosis.md)")
@@ -80,7 +85,7 @@ def diagnostic_callbacks(args: argparse.Namespace, out: Path) -> list[Any]:
 
 
 OPTION_KEYS = ("recipe", "epochs", "batch_size", "lr", "lr_scale", "schedule", "seed", "device", "amp", "compile",
-               "step", "eval_every", "checkpoint_every", "skip_nonfinite")
+               "step", "eval_every", "checkpoint_every", "skip_nonfinite", "holdout")
 DATA_KEYS = ("data", "cache_dir", "limit_train", "limit_test", "val_split", *DATA_OPTION_KEYS)
 
 
@@ -214,7 +219,10 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
     world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
     try:  # from here on, every way out releases the lock (and cleans up a run that never checkpointed)
         say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
-            f"{trainer.batch_size} ({options.recipe} recipe) on {trainer.device}{world}; run folder {out}")
+            f"{trainer.batch_size} ({options.recipe} recipe, {'bf16 autocast' if trainer.amp else 'float32'}) on "
+            f"{trainer.device}{world}; run folder {out}")
+        if trainer.methodology_text():
+            say(trainer.methodology_text())
         state = trainer.fit()
     except BaseException:
         if trainer.is_main:

@@ -89,13 +89,15 @@ def normalize(x: torch.Tensor, spec: InputSpec, mean_crop: torch.Tensor | None) 
     return x
 
 
-def _mean_crops(pixel_mean: torch.Tensor | None, offsets: torch.Tensor, flips: torch.Tensor,
-                size: int) -> torch.Tensor | None:
-    # Subtracting the 32x32 mean before cropping equals subtracting the same crop of the mean after it.
+def centre_mean(pixel_mean: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor | None:
+    """The centre ``size`` x ``size`` patch of the per-pixel mean [3, 32, 32], as [1, 3, size, size].
+
+    cuda-convnet (convdata.py) subtracts this one patch, never flipped, from every random crop, mirrored
+    crop and test view -- not each crop's own (mirrored) window of the mean (REFERENCE §3)."""
     if pixel_mean is None:
         return None
-    mean = pixel_mean.to(offsets.device, torch.float32)[None].expand(offsets.shape[0], -1, -1, -1)
-    return crop_flip(mean, offsets, flips, size)
+    top = (pixel_mean.shape[-1] - size) // 2
+    return pixel_mean.to(device, torch.float32)[None, :, top:top + size, top:top + size]
 
 
 def train_batch(images: torch.Tensor, plan: EpochPlan, spec: InputSpec,
@@ -106,7 +108,7 @@ def train_batch(images: torch.Tensor, plan: EpochPlan, spec: InputSpec,
         x = x + plan.brightness.to(x)[:, None, None, None]
         channel_mean = x.mean(dim=(2, 3), keepdim=True)
         x = (x - channel_mean) * plan.contrast.to(x)[:, None, None, None] + channel_mean
-    return normalize(x, spec, _mean_crops(pixel_mean, plan.offsets, plan.flips, spec.crop))
+    return normalize(x, spec, centre_mean(pixel_mean, spec.crop, x.device))
 
 
 def view_offsets(spec: InputSpec, view: str, image_size: int = 32) -> tuple[int, int]:
@@ -125,4 +127,4 @@ def eval_batch(images: torch.Tensor, spec: InputSpec, pixel_mean: torch.Tensor |
     off = torch.tensor(view_offsets(spec, view, images.shape[-1]), device=images.device).expand(b, 2)
     flips = torch.full((b,), flip, dtype=torch.bool, device=images.device)
     x = crop_flip(images, off, flips, spec.crop).float()
-    return normalize(x, spec, _mean_crops(pixel_mean, off, flips, spec.crop))
+    return normalize(x, spec, centre_mean(pixel_mean, spec.crop, x.device))

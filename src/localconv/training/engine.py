@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import draw_epoch_plan, train_batch
+from ..data.augment import EpochPlan, draw_epoch_plan, train_batch
 from ..data.loader import Splits, pixel_mean
 from ..errors import CheckpointError, LocalconvError
 from ..metrics import LOSS_CROSS_ENTROPY, LOSS_KEYS, LOSS_TOTAL, auto_interval, format_accuracy
@@ -36,9 +36,13 @@ from .checkpoint import (load_optimizer_state, load_state, load_weights_into, re
 from .ema import WeightEMA
 from .evaluate import evaluate
 from .fused_step import STEP_MODES, FusedStep
+from .holdout import HOLDOUT_MODES, Holdout, choose_holdout
 from .layer_hooks import first_nonfinite_layer
 from .loss_meter import LossMeter
-from .recipes import RecipeSettings, build_optimizer, build_schedule, count_params, default_settings, set_lr
+from .precision import resolve_amp
+from .recipes import (RecipeSettings, build_optimizer, build_schedule, count_params, default_settings,
+                      first_phase_epochs, model_family, set_lr)
+from .schedule import EpochClock
 
 
 @dataclass
@@ -53,12 +57,15 @@ class TrainOptions:
     schedule: str | None = None        # "EPOCHS:MULT,..." phases
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None            # bf16 autocast; None: on for CUDA
+    amp: bool | None = None            # bf16 autocast; None: on for the fast recipe on CUDA (original: float32)
     compile: bool = False
     step: str = "auto"                 # auto | eager | fused | graph (see training/fused_step.py)
     eval_every: int = 1                # epochs between evaluations (0: only at the end)
     checkpoint_every: int = 1          # epochs between checkpoints
     skip_nonfinite: bool = False       # skip batches with a non-finite loss instead of stopping
+    holdout: str = "none"              # auto: cuda-convnet's methodology for cfg models under the original recipe
+                                       # (phase 1 holds batch 5 out as its validation set; `localconv train`'s
+                                       # default); none: every phase trains on every training image
     progress: bool = True
     log_every: int | None = None       # steps between step-level metrics.jsonl lines (0: none; None: 50,
                                        # fewer for short runs, see metrics.auto_interval)
@@ -78,6 +85,8 @@ class TrainOptions:
             raise LocalconvError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.step not in STEP_MODES:
             raise LocalconvError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+        if self.holdout not in HOLDOUT_MODES:
+            raise LocalconvError(f"--holdout must be one of {', '.join(HOLDOUT_MODES)}, got {self.holdout!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,7 +144,7 @@ class Trainer:
         self.data_info = data_info or {}
         self.classes = classes or [str(i) for i in range(model.num_classes)]
         self.callbacks = list(callbacks)
-        self.amp = (self.device.type == "cuda") if options.amp is None else options.amp
+        self.amp = resolve_amp(options.amp, options.recipe, self.device.type)
         self.recipe: RecipeSettings = default_settings(options.recipe, model, self.device.type == "cuda")
         self.batch_size = options.batch_size or self.recipe.batch_size  # global batch
         self.local_batch = ddp.local_batch_size(self.batch_size, dist_ctx)
@@ -145,7 +154,15 @@ class Trainer:
             raise LocalconvError(f"--batch-size {self.batch_size} is larger than the {self.full_train_size} "
                                  "training images")
         self.steps_per_epoch = n // self.local_batch  # the last partial batch is dropped
-        self.total_steps = max(1, round(self.epochs * self.steps_per_epoch))
+        self.holdout, self.methodology = self._methodology(model, data_info or {})
+        self.clock = EpochClock(self.steps_per_epoch)
+        if self.holdout is not None:
+            self.clock = EpochClock(self.steps_per_epoch, self.holdout.kept.numel() // self.local_batch,
+                                    self.methodology["phase1_epochs"])
+            self.holdout_kept = self.holdout.kept  # stays on the CPU: plans are drawn there
+            self.holdout_set = (self.splits.train_images[self.holdout.held.to(self.device)],
+                                self.splits.train_labels[self.holdout.held.to(self.device)])
+        self.total_steps = max(1, self.clock.step_at(self.epochs))
         # step-level records: every 50 steps, more often in a short run so that its curves have points
         self.log_every = (options.log_every if options.log_every is not None
                           else auto_interval(self.total_steps, cap=50))
@@ -156,7 +173,8 @@ class Trainer:
                                           ).reshape(local_mean.shape) / dist_ctx.world_size
             model.set_pixel_mean(local_mean)
         self.optimizer = build_optimizer(self.recipe, model, options.lr, options.lr_scale, self.batch_size)
-        self.schedule = build_schedule(self.recipe, model, self.steps_per_epoch, self.epochs, options.schedule)
+        self.schedule = build_schedule(self.recipe, model, self.steps_per_epoch, self.epochs, options.schedule,
+                                       clock=self.clock)
         self.ema = WeightEMA(model, self.recipe.ema_decay, self.recipe.ema_warmup) if self.recipe.ema_decay else None
         self.loss_coeff = float(getattr(model, "loss_coeff", 1.0))
         self.state = TrainState()
@@ -191,7 +209,9 @@ class Trainer:
         if hooked:
             blockers.append("callbacks that inspect gradients (" + ", ".join(hooked) + ")")
         if requested == "auto":
-            return "fused" if self.device.type == "cuda" and not blockers else "eager"
+            # eager on every device until benchmarks/gpu_suite.sh has checked the fused and graph steps'
+            # parity on a GPU (issue 14); they stay opt-in
+            return "eager"
         if requested != "eager" and blockers:
             raise LocalconvError(f"--step {requested} cannot be used with " + " or ".join(blockers)
                                  + "; use --step eager")
@@ -199,6 +219,46 @@ class Trainer:
             raise LocalconvError("--step graph captures a CUDA graph and needs a CUDA device; "
                                  "use --step fused or eager on the CPU")
         return requested
+
+    def _methodology(self, model: Classifier, data_info: dict[str, Any]) -> tuple[Holdout | None, dict[str, Any]]:
+        """cuda-convnet's methodology (REFERENCE §3), stated in run.json: phase 1 trains without batch 5 (or its
+        seeded stand-in, :mod:`.holdout`) and is validated on it; later phases train on every image."""
+        if self.options.holdout != "auto" or self.options.recipe != "original" or model_family(model) != "convnet":
+            return None, {"holdout": "none"}
+        holdout = choose_holdout(self.splits.train_labels, model.num_classes, data_info)
+        if holdout.held.numel() == 0 or holdout.kept.numel() < self.local_batch:
+            # a fifth of each class is nothing, or leaves less than one batch: train on everything, and say so
+            return None, {"holdout": "none", "reason": f"{holdout.kept.numel() + holdout.held.numel()} training "
+                          "images are too few to hold out a fifth of each class and keep a batch"}
+        record = {**holdout.record(), "phase1_epochs": first_phase_epochs(model, self.options.schedule,
+                                                                          self.epochs)}
+        if self.dist is not None:
+            record["per_rank"] = True  # each rank holds out a fifth of each class of its own shard
+        return holdout, record
+
+    def methodology_text(self) -> str:
+        """One line for the console: what phase 1 trains on and what it is validated on."""
+        m = self.methodology
+        if self.holdout is None:
+            return f"every phase trains on all training images ({m['reason']})" if "reason" in m else ""
+        later = ("" if m["phase1_epochs"] >= self.epochs else
+                 f", then all {m['phase1_train_images'] + m['holdout_images']:,} images from epoch "
+                 f"{m['phase1_epochs']:g}")
+        return (f"cuda-convnet methodology: phase 1 ({m['phase1_epochs']:g} epochs) trains on "
+                f"{m['phase1_train_images']:,} images with {m['holdout_images']:,} held out ({m['holdout']}) as its "
+                f"validation set{later}; --holdout none trains every phase on all images")
+
+    def epoch_plan(self, step: int, seed: int) -> tuple[EpochPlan, int, int, bool]:
+        """The plan of the epoch holding the step after ``step`` steps (drawn on the CPU, in training-set
+        positions), the step within that epoch, its number of steps, and whether it is a held-out phase-1 epoch."""
+        epoch, first, epoch_steps = self.clock.locate(step)
+        phase1 = self.clock.in_first_phase(step)
+        if not phase1:
+            return draw_epoch_plan(self.splits.train_images.shape[0], self.model.input_spec, seed, epoch), \
+                first, epoch_steps, False
+        plan = draw_epoch_plan(self.holdout_kept.numel(), self.model.input_spec, seed, epoch)
+        return (EpochPlan(self.holdout_kept[plan.order], plan.offsets, plan.flips, plan.brightness, plan.contrast),
+                first, epoch_steps, True)
 
     # ----------------------------------------------------------------- state
     def eval_model(self) -> Classifier:
@@ -216,7 +276,8 @@ class Trainer:
             "batch_size": self.batch_size, "epochs": self.epochs,
             "world_size": self.dist.world_size if self.dist else 1,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-            "step": s.step, "epoch": s.step / self.steps_per_epoch,
+            "step": s.step, "epoch": self.clock.epoch_at(s.step),
+            "methodology": self.methodology, "amp": self.amp,
             "ema_updates": self.ema.num_updates if self.ema else 0,
             "train_time_s": s.train_time_s, "images_seen": s.images_seen,
             "best_accuracy": s.best_accuracy, "last_accuracy": s.last_accuracy,
@@ -332,9 +393,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
         else:
             fused = self._fused_runner()
-            epoch, first = divmod(self.state.step, self.steps_per_epoch)
-            plan = draw_epoch_plan(self.splits.train_images.shape[0], self.model.input_spec, self.options.seed,
-                                   epoch)
+            plan, first, _, _ = self.epoch_plan(self.state.step, self.options.seed)
             fused.start_epoch(plan.to(self.device), first)
             if self.step_mode == "graph":
                 fused.capture_graph()
@@ -399,11 +458,12 @@ class Trainer:
         return (f"the last good checkpoint (step {meta['step']}) is kept" if meta
                 else "no checkpoint had been written yet")
 
-    def evaluate_now(self, progress: bool = False) -> float:
-        """Accuracy on the evaluation split (``progress``: show a bar while it runs, on the main process)."""
-        images, labels = self.splits.eval_set()
+    def evaluate_now(self, progress: bool = False, holdout: bool = False) -> float:
+        """Accuracy on the evaluation split, or with ``holdout`` on phase 1's held-out images (``progress``: show
+        a bar while it runs, on the main process)."""
+        images, labels = self.holdout_set if holdout else self.splits.eval_set()
         views = "flip" if self.recipe.tta == "flip" else "single"
-        desc = f"eval {self.splits.eval_split}" if progress and self.is_main else None
+        desc = f"eval {'holdout' if holdout else self.splits.eval_split}" if progress and self.is_main else None
         result = evaluate(self.eval_model(), images, labels, views=views, amp=self.amp, progress=desc)
         correct, n = ddp.all_sum([result.accuracy * result.n if result.n else 0.0, float(result.n)],
                                  self.dist, self.device)
@@ -443,20 +503,20 @@ class Trainer:
         meter = LossMeter(self.device)
         try:
             while s.step < self.total_steps and not self.should_stop:
-                epoch, first = divmod(s.step, self.steps_per_epoch)
-                plan = draw_epoch_plan(images.shape[0], spec, plan_seed, epoch).to(self.device)
+                plan, first, epoch_steps, phase1 = self.epoch_plan(s.step, plan_seed)
+                plan = plan.to(self.device)
                 t0, seen0 = time.perf_counter(), s.images_seen
                 meter.start_epoch()
                 if fused is not None:
                     fused.start_epoch(plan, first)
                     fused.reset_loss_sum()
-                for k in range(first, self.steps_per_epoch):
+                for k in range(first, epoch_steps):
                     if self.dist is not None:  # every rank must stop at the same step
                         self.should_stop = ddp.any_true(self.should_stop, self.dist, self.device)
                     if s.step >= self.total_steps or self.should_stop:
                         break
                     if fused is not None:
-                        self._fused_step(fused, last_in_epoch=k == self.steps_per_epoch - 1)
+                        self._fused_step(fused, last_in_epoch=k == epoch_steps - 1)
                         show = s.step % FUSED_POLL_EVERY == 0 or s.step == self.total_steps
                     else:
                         b = plan.batch(k * self.local_batch, (k + 1) * self.local_batch)
@@ -476,35 +536,44 @@ class Trainer:
                     if self.log_every and s.step % self.log_every == 0:
                         if fused is not None:
                             meter.copy_from(fused.terms_sum, int(fused.finite_steps))
-                        self.log({"kind": "step", "step": s.step, "epoch": s.step / self.steps_per_epoch,
+                        self.log({"kind": "step", "step": s.step, "epoch": self.clock.epoch_at(s.step),
                                   **meter.interval_means(), "lr": self.optimizer.param_groups[0]["lr"]})
                 if fused is not None:
                     self._check_fused(fused)  # before any checkpoint: never save weights after a bad update
                     meter.copy_from(fused.terms_sum, int(fused.finite_steps))
                 epoch_time = time.perf_counter() - t0
                 s.train_time_s += epoch_time
-                at_epoch_end = s.step % self.steps_per_epoch == 0
+                at_epoch_end = self.clock.at_epoch_end(s.step)
                 done = s.step >= self.total_steps
                 record: dict[str, Any] = {
-                    "kind": "epoch", "epoch": s.step / self.steps_per_epoch, "step": s.step,
+                    "kind": "epoch", "epoch": self.clock.epoch_at(s.step), "step": s.step,
                     **dict(zip(LOSS_KEYS, (v / (self.dist.world_size if self.dist else 1)
                                            for v in ddp.all_sum(meter.epoch_means(), self.dist, self.device)))),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "images_per_s": (s.images_seen - seen0) * (self.dist.world_size if self.dist else 1)
                     / max(1e-9, epoch_time),
                 }
-                full_epoch = int(s.step / self.steps_per_epoch)
-                if (at_epoch_end or done) and (done or (self.options.eval_every and full_epoch % self.options.eval_every == 0)):
+                full_epoch = int(self.clock.epoch_at(s.step))
+                due = (at_epoch_end or done) and (
+                    done or (self.options.eval_every and full_epoch % self.options.eval_every == 0))
+                if phase1:  # cuda-convnet's methodology: phase 1 is validated on its held-out batch 5
+                    record["phase"] = 1
+                    if due:
+                        t1 = time.perf_counter()
+                        record["holdout_accuracy"] = self.evaluate_now(progress=not bar.disable, holdout=True)
+                        s.train_time_s += time.perf_counter() - t1
+                if due and (done or not phase1):  # the test set is not consulted during phase 1
                     t1 = time.perf_counter()
                     acc = self.evaluate_now(progress=not bar.disable)
                     s.train_time_s += time.perf_counter() - t1
                     s.last_accuracy = acc
                     s.best_accuracy = acc if s.best_accuracy is None else max(s.best_accuracy, acc)
                     record.update(accuracy=acc, eval_split=self.splits.eval_split)
-                    if self.is_main:
-                        bar.write(f"epoch {record['epoch']:.2f}: {LOSS_TOTAL} {record[LOSS_TOTAL]:.4f}, "
-                                  f"{LOSS_CROSS_ENTROPY} {record[LOSS_CROSS_ENTROPY]:.4f}, "
-                                  f"{self.splits.eval_split} accuracy {format_accuracy(acc)}")
+                if due and self.is_main:
+                    shown = [f"{name} accuracy {format_accuracy(record[key])}" for name, key in
+                             (("holdout", "holdout_accuracy"), (self.splits.eval_split, "accuracy")) if key in record]
+                    bar.write(f"epoch {record['epoch']:.2f}: {LOSS_TOTAL} {record[LOSS_TOTAL]:.4f}, "
+                              f"{LOSS_CROSS_ENTROPY} {record[LOSS_CROSS_ENTROPY]:.4f}, " + ", ".join(shown))
                 record["wall_s"] = s.train_time_s
                 s.history.append(record)
                 self.log(record)

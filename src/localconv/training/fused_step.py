@@ -70,7 +70,8 @@ class FusedStep:
     def start_epoch(self, plan: EpochPlan, first_step_in_epoch: int) -> None:
         """Load an epoch's plan into the static buffers and set the counters (host state is the truth)."""
         for static, new in zip(_fields(self.plan), _fields(plan)):
-            static.copy_(new, non_blocking=True)
+            # a held-out phase-1 epoch (cuda-convnet's methodology) visits fewer images: its rows come first
+            static[:new.shape[0]].copy_(new, non_blocking=True)
         self.position.fill_(first_step_in_epoch * self.batch)
         self.step.fill_(self.trainer.state.step)
         ema = self.trainer.ema

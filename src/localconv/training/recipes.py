@@ -19,13 +19,14 @@ from ..errors import LocalconvError
 from ..models.base import Classifier
 from ..models.tf_tutorial import TFTutorialNet
 from .optim import ConvNetSGD
-from .schedule import PhaseSchedule, Schedule, StaircaseDecay, WarmupLinearDecay, parse_schedule
+from .schedule import EpochClock, PhaseSchedule, Schedule, StaircaseDecay, WarmupLinearDecay, parse_schedule
 
 RECIPES = ("original", "fast")
 FAST_MOMENTUM = 0.9
 FAST_LR_BOOST = 3.0  # peak over the linearly scaled published rates; measured on an H200, see BENCHMARKS.md
 TF_EPOCHS = 256  # the tutorial's 100K steps of 128 images are ~256 epochs
 TF_DECAY_EPOCHS = 350
+DEFAULT_CONVNET_SCHEDULE = "350:1,150:1,10:0.1,10:0.01"  # the 11% net's: batches 1-4, +batch 5, /10, /100
 
 
 @dataclass
@@ -52,7 +53,7 @@ def default_settings(recipe: str, model: Classifier, on_gpu: bool) -> RecipeSett
     if recipe == "original":
         if family == "tf":
             return RecipeSettings("original", 128, TF_EPOCHS, ema_decay=0.9999, ema_warmup=True)
-        phases = parse_schedule(getattr(model, "default_schedule", None) or "350:1,150:1,10:0.1,10:0.01")
+        phases = parse_schedule(convnet_schedule_text(model, None))
         return RecipeSettings("original", 128, sum(p.epochs for p in phases), ema_decay=None)
     return RecipeSettings("fast", 512 if on_gpu else 256, 30 if family == "tf" else 40, ema_decay=0.999,
                           ema_warmup=True, label_smoothing=0.1, use_regularization_loss=True, tta="flip")
@@ -92,18 +93,33 @@ def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None,
 
 
 def build_schedule(recipe: RecipeSettings, model: Classifier, steps_per_epoch: int, epochs: float,
-                   schedule_text: str | None) -> Schedule:
+                   schedule_text: str | None, clock: EpochClock | None = None) -> Schedule:
+    """``clock``: the run's step <-> epoch map when phase 1 trains on fewer images (cuda-convnet's held-out
+    batch 5, original recipe of cfg models); by default every epoch has ``steps_per_epoch`` steps."""
     total_steps = max(1, round(epochs * steps_per_epoch))
     if recipe.name == "original":
         if model_family(model) == "tf":
             if schedule_text:
                 return PhaseSchedule(parse_schedule(schedule_text), steps_per_epoch)
             return StaircaseDecay(TF_DECAY_EPOCHS * steps_per_epoch, 0.1)
-        text = schedule_text or getattr(model, "default_schedule", None) or "350:1,150:1,10:0.1,10:0.01"
-        return PhaseSchedule(parse_schedule(text), steps_per_epoch, total_epochs=epochs)
+        return PhaseSchedule(parse_schedule(convnet_schedule_text(model, schedule_text)), steps_per_epoch,
+                             total_epochs=epochs, clock=clock)
     if schedule_text:
         return PhaseSchedule(parse_schedule(schedule_text), steps_per_epoch, total_epochs=epochs)
     return WarmupLinearDecay(total_steps, warmup_steps=min(steps_per_epoch, total_steps // 5), final=0.0)
+
+
+def convnet_schedule_text(model: Classifier, schedule_text: str | None) -> str:
+    """The phases of a cfg model's original recipe: ``--schedule``, else the model's, else the 11% net's."""
+    return schedule_text or getattr(model, "default_schedule", None) or DEFAULT_CONVNET_SCHEDULE
+
+
+def first_phase_epochs(model: Classifier, schedule_text: str | None, epochs: float) -> float:
+    """Whole epochs of phase 1 (the one that holds batch 5 out), its published length scaled as the schedule
+    is to ``epochs`` and rounded to whole epochs (at least 1; all of a shorter run)."""
+    phases = parse_schedule(convnet_schedule_text(model, schedule_text))
+    scaled = phases[0].epochs * epochs / sum(p.epochs for p in phases)
+    return min(float(epochs), float(max(1, round(scaled))))
 
 
 def _is_bias(name: str) -> bool:

@@ -30,6 +30,54 @@ def parse_schedule(text: str) -> list[Phase]:
     return phases
 
 
+@dataclass(frozen=True)
+class EpochClock:
+    """Global step <-> epoch when the first ``first_epochs`` epochs pass over a smaller training set.
+
+    cuda-convnet's methodology trains phase 1 on batches 1-4 (``first_steps_per_epoch`` steps an epoch), then
+    on all five (``steps_per_epoch``). Without a first phase (``first_steps_per_epoch`` 0) this is plain
+    ``epoch = step / steps_per_epoch``. Epoch indices (which seed each epoch's plan) keep counting across the
+    switch, so every epoch draws its own shuffle and augmentation.
+    """
+
+    steps_per_epoch: int
+    first_steps_per_epoch: int = 0
+    first_epochs: float = 0.0
+
+    @property
+    def first_steps(self) -> int:
+        return round(self.first_epochs * self.first_steps_per_epoch)
+
+    def step_at(self, epoch: float) -> int:
+        """The global step at which ``epoch`` epochs are done."""
+        if self.first_steps_per_epoch and epoch <= self.first_epochs:
+            return round(epoch * self.first_steps_per_epoch)
+        return self.first_steps + round((epoch - self.first_epochs) * self.steps_per_epoch)
+
+    def epoch_at(self, step: int) -> float:
+        if self.first_steps_per_epoch and step <= self.first_steps:
+            return step / self.first_steps_per_epoch
+        return self.first_epochs + (step - self.first_steps) / self.steps_per_epoch
+
+    def in_first_phase(self, step: int) -> bool:
+        """Whether the step after ``step`` steps trains on the smaller set."""
+        return bool(self.first_steps_per_epoch) and step < self.first_steps
+
+    def locate(self, step: int) -> tuple[int, int, int]:
+        """(epoch index, step within that epoch, steps in that epoch) of the step after ``step`` steps."""
+        if self.in_first_phase(step):
+            epoch, k = divmod(step, self.first_steps_per_epoch)
+            return epoch, k, self.first_steps_per_epoch
+        done = -(-self.first_steps // self.first_steps_per_epoch) if self.first_steps_per_epoch else 0
+        epoch, k = divmod(step - self.first_steps, self.steps_per_epoch)
+        return done + epoch, k, self.steps_per_epoch
+
+    def at_epoch_end(self, step: int) -> bool:
+        if self.first_steps_per_epoch and step <= self.first_steps:
+            return step % self.first_steps_per_epoch == 0 or step == self.first_steps
+        return (step - self.first_steps) % self.steps_per_epoch == 0
+
+
 class Schedule:
     """Base: constant multiplier 1."""
 
@@ -44,14 +92,16 @@ class PhaseSchedule(Schedule):
     same factor, so a shortened run keeps the shape of the published procedure.
     """
 
-    def __init__(self, phases: list[Phase], steps_per_epoch: int, total_epochs: float | None = None) -> None:
+    def __init__(self, phases: list[Phase], steps_per_epoch: int, total_epochs: float | None = None,
+                 clock: EpochClock | None = None) -> None:
         length = sum(p.epochs for p in phases)
         scale = (total_epochs / length) if total_epochs else 1.0
+        clock = clock or EpochClock(steps_per_epoch)  # epochs of different sizes (a held-out first phase)
         self.bounds: list[tuple[int, float]] = []
         end = 0.0
         for p in phases:
             end += p.epochs * scale
-            self.bounds.append((round(end * steps_per_epoch), p.multiplier))
+            self.bounds.append((clock.step_at(end), p.multiplier))
 
     def multiplier(self, step: int) -> float:
         for end, mult in self.bounds:
