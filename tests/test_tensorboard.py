@@ -96,7 +96,7 @@ def test_histogram_keeps_the_finite_part(tmp_path):
 
 
 def test_sparsity_and_input_images(tmp_path):
-    train(tmp_path, TensorBoardCallback(tmp_path / "tb", every=2, histograms=False))
+    train(tmp_path, TensorBoardCallback(tmp_path / "tb", every=2, histograms=False), steps=4)
     acc = read_events(tmp_path / "tb")
     for layer in ("conv1", "conv2", "local3", "local4"):  # ReLU layers: some zeros, at least the dead units
         sparsity = [e.value for e in acc.Scalars(f"layers/{layer}/sparsity")]
