@@ -104,13 +104,41 @@ def test_layer_through_triton_and_custom_op_checks() -> None:
     layer(x).sum().backward()
     assert x.grad.shape == x.shape and layer.weight.grad.shape == layer.weight.shape
     # Schema, fake (meta) implementation and dispatch of the ops that torch.compile sees.
+    from localconv.nn import local_ops
+
     w, gy = layer.weight.detach(), torch.randn(2, 4, 3, 4, device=DEVICE)
-    torch.library.opcheck(triton_local.forward_op, (x.detach(), w, layer.bias.detach(), 2, 1, 1, 1),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(triton_local.grad_input_op, (gy, w, [2, 3, 5, 4], 2, 1, 1, 1, False),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(triton_local.grad_weight_op, (gy, x.detach(), list(w.shape), 2, 1, 1, 1),
-                          test_utils=("test_schema", "test_faketensor"))
+    spec = ([2, 1], [1, 1, 1, 1], [1, 1], 1)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(local_ops.local_conv_op, (x.detach(), w, layer.bias.detach(), *spec, "triton"),
+                          test_utils=utils)
+    torch.library.opcheck(local_ops.grad_input_op, (gy, w, [2, 3, 5, 4], *spec, "triton", False), test_utils=utils)
+    torch.library.opcheck(local_ops.grad_weight_op, (gy, x.detach(), list(w.shape), *spec, "triton"),
+                          test_utils=utils)
+
+
+# (id, N, C, size, O, kernel, stride, padding pairs, dilation, groups, bias): small, the interpreter is slow
+GRADGRAD_CASES = [
+    ("2d-strided-dilated-grouped-asym", 1, 2, (3, 4), 2, (2, 2), (2, 1), (0, 1, 1, 0), (1, 2), 2, "untied"),
+    ("1d-strided-asym-shared-bias", 2, 1, (5,), 2, (2,), (2,), (1, 2), (1,), 1, "shared"),
+]
+
+
+@kernels
+@pytest.mark.skipif(ON_CUDA, reason="float64 runs through the kernels only under the interpreter")
+@pytest.mark.parametrize("case", GRADGRAD_CASES, ids=[c[0] for c in GRADGRAD_CASES])
+def test_triton_float64_gradcheck_and_gradgradcheck(case: tuple) -> None:
+    from local_reference import make_inputs, naive_local_conv
+
+    _, n, c, size, o, kernel, stride, pads, dilation, groups, bias = case
+    x, w, b = make_inputs(n, c, size, o, kernel, stride, pads, dilation, groups, bias)
+
+    def fn(x, w, b):  # noqa: ANN001, ANN202
+        return local_functional.local_conv(x, w, b, stride, pads, dilation, groups, backend="triton")
+
+    torch.testing.assert_close(fn(x, w, b), naive_local_conv(x, w, b, stride, pads, dilation, groups))
+    # fast mode: random projections instead of full numerical Jacobians (each kernel call is interpreted)
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=True)
 
 
 @kernels
@@ -134,5 +162,9 @@ def test_auto_selection() -> None:
     x, w = torch.randn(1, 2, 4, 4, device=DEVICE), torch.randn(4, 4, 2, 2, 1, 1, device=DEVICE)
     expected = "triton" if ON_CUDA else "portable"  # auto never picks the interpreter
     assert local_functional.select_backend(x, w, backend="auto") == expected
-    with pytest.raises(ValueError, match="float64"):
-        local_functional.select_backend(x.double(), w.double(), backend="triton")
+    with pytest.raises(ValueError, match="float64" if ON_CUDA else "3-D runs on the portable backend"):
+        if ON_CUDA:  # float64 goes through the kernels only under the interpreter
+            local_functional.select_backend(x.double(), w.double(), backend="triton")
+        else:
+            local_functional.select_backend(torch.randn(1, 2, 3, 3, 3), torch.randn(3, 3, 3, 2, 2, 1, 1, 1),
+                                            backend="triton")
