@@ -99,3 +99,19 @@ def test_evaluation_moves_a_progress_bar(tmp_path, monkeypatch):
     assert updates == []  # no bar unless asked
     assert trainer.evaluate_now(progress=True) == plain
     assert sum(updates) == 600 and len(updates) >= 2  # it moves during the evaluation, not only at its end
+
+
+def test_step_records_average_the_steps_since_the_previous_one():
+    from localconv.training.loss_meter import LossMeter
+
+    meter = LossMeter(torch.device("cpu"))
+    for terms in ([4.0, 2.0], [6.0, 3.0]):
+        meter.add(torch.tensor(terms))
+    assert meter.interval_means() == {LOSS_TOTAL: 5.0, LOSS_CROSS_ENTROPY: 2.5}
+    assert meter.interval_means() == {}  # nothing new since
+    meter.add(torch.tensor([2.0, 1.0]))
+    assert meter.interval_means() == {LOSS_TOTAL: 2.0, LOSS_CROSS_ENTROPY: 1.0}
+    assert meter.epoch_means() == [4.0, 2.0]
+    meter.start_epoch()
+    meter.copy_from(torch.tensor([3.0, 1.5]), 1)  # the fused step's own device sums
+    assert meter.interval_means() == {LOSS_TOTAL: 3.0, LOSS_CROSS_ENTROPY: 1.5}
