@@ -232,7 +232,7 @@ def main() -> int:
 
     if not args.skip_bench:
         shapes = bench.benchmark_shapes()
-        methods = ["local-triton", "local-portable", "local-portable-keepcols", *bench.BASELINES]
+        methods = ["local-triton", "local-portable", *bench.BASELINES]
         fp32 = bench.run_benchmarks(shapes, methods, "cuda", rounds=5, block_seconds=0.02, snippet_max_bytes=30e9,
                                     log=lambda s: None)
         bf16 = bench.run_benchmarks(shapes, ["local-triton", "local-portable", "conv2d"], "cuda", rounds=5,
