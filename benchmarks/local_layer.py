@@ -8,7 +8,7 @@ Shapes: cuda-convnet cc-11pct's local3 (C=64 -> O=64) and local4 (C=64 -> O=32),
 Every figure is a ratio against a baseline measured in the same run, on the same shapes:
   conv2d         F.conv2d, shared weights: the lower bound (target: localconv <= 1.5x on GPU, <= 2x on CPU)
   snippet        the widely copied broadcast-multiply LocallyConnected2d (N*O*C*L*k^2 temporary)
-  unfold-einsum  F.unfold + einsum with plain autograd
+  unfold-einsum  F.unfold + einsum with plain autograd (the einsum runs as one bmm over positions: unfold+bmm)
 Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns) and, on CUDA,
 local-triton (fused kernels).
 
@@ -335,6 +335,24 @@ def format_ratio_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def worst_conv2d_line(rows: list[dict]) -> str:
+    """The acceptance line: worst time ratio to F.conv2d on cc-11pct's shapes (target <= 2.0x) and on
+    the 16x16 layer (target <= 4x)."""
+    def worst(select: Callable[[str], bool]) -> tuple[float, str] | None:
+        pairs = [(r["conv2d"]["time_local_over_base"], r["shape"]) for r in rows
+                 if select(r["shape"]) and r.get("conv2d")]
+        return max(pairs) if pairs else None
+
+    parts = []
+    for label, target, select in (("cc-11pct shapes", 2.0, lambda name: "6x6" in name),
+                                  ("16x16", 4.0, lambda name: "16x16" in name)):
+        found = worst(select)
+        if found is not None:
+            verdict = "met" if found[0] <= target else "NOT met"
+            parts.append(f"{label} {found[0]:.2f}x at {found[1]} (target <= {target:g}x: {verdict})")
+    return "worst ratio to conv2d: " + ("; ".join(parts) if parts else "n/a (no conv2d baseline measured)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -374,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "torch": torch.__version__,
                        "records": records, "ratios": rows}, f, indent=1)
+    print(worst_conv2d_line(rows))  # last line: the acceptance figure
     return 0
 
 

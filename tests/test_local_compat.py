@@ -116,6 +116,10 @@ def test_layer_is_bit_identical_to_frozen_computation(spec: tuple) -> None:
         gx0, gw0, gb0 = frozen_backward(grad, x, layer.weight, layer.stride, layer.padding)
     for name, a, b in (("output", y, y0), ("grad_input", gx, gx0), ("grad_weight", gw, gw0), ("grad_bias", gb, gb0)):
         assert torch.equal(a, b), f"{name}: max difference {(a - b).abs().max().item():.3g}"
+    # the differentiable backward (taken with create_graph, for higher-order gradients) too
+    for name, a, b in zip(("grad_input", "grad_weight"),
+                          torch.autograd.grad(layer(x), (x, layer.weight), grad, create_graph=True), (gx0, gw0)):
+        assert torch.equal(a, b), f"{name} (create_graph): max difference {(a - b).abs().max().item():.3g}"
 
 
 def test_cfg_model_local_layers_are_bit_identical() -> None:

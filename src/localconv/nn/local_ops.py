@@ -345,8 +345,17 @@ class _Forward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
-        return (*_vjp_forward(FUNCTIONS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend,
-                              ctx.needs_input_grad[:3]), None, None)
+        needs = ctx.needs_input_grad[:3]
+        if ctx.backend == "portable" and needs[0] and needs[1] and not torch.is_grad_enabled():
+            # First-order backward (no create_graph): both gradients in one pass over shared buffers;
+            # the same GEMMs as the differentiable path, which higher-order gradients take.
+            geo = _geometry(x.shape, weight.shape, ctx.spec)
+            gx, gw = local_portable.backward(grad_out, x, weight, geo, True, True,
+                                             local_portable.channels_last_format(x))
+            gb = bias_grad(grad_out, ctx.bias_dim) if ctx.bias_dim is not None and needs[2] else None
+            return gx, gw, gb, None, None
+        return (*_vjp_forward(FUNCTIONS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend, needs),
+                None, None)
 
     @staticmethod
     def jvp(ctx, dx, dw, db, *_):  # noqa: ANN001, ANN205
