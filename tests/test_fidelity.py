@@ -226,7 +226,7 @@ def test_cli_cfg_run_on_a_release_holds_out_batch_5_and_says_so(tmp_path, monkey
                  "--data", str(data), "--out", str(run), "--schedule", "1:1,1:0.1", "--epochs", "2",
                  "--batch-size", "10", "--device", "cpu", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "phase 1 (1 epochs) trains on 80 images with 20 held out (batch 5)" in err and "float32" in err
+    assert "phase 1 (1 epoch) trains on 80 images with 20 held out (batch 5)" in err and "float32" in err
     meta = json.loads((run / "run.json").read_text())
     assert meta["options"]["holdout"] == "auto" and meta["amp"] is False
     assert meta["methodology"]["holdout"] == "batch 5" and meta["methodology"]["holdout_per_class"] == [2] * 10

@@ -244,7 +244,8 @@ class Trainer:
         later = ("" if m["phase1_epochs"] >= self.epochs else
                  f", then all {m['phase1_train_images'] + m['holdout_images']:,} images from epoch "
                  f"{m['phase1_epochs']:g}")
-        return (f"cuda-convnet methodology: phase 1 ({m['phase1_epochs']:g} epochs) trains on "
+        plural = "" if m["phase1_epochs"] == 1 else "s"
+        return (f"cuda-convnet methodology: phase 1 ({m['phase1_epochs']:g} epoch{plural}) trains on "
                 f"{m['phase1_train_images']:,} images with {m['holdout_images']:,} held out ({m['holdout']}) as its "
                 f"validation set{later}; --holdout none trains every phase on all images")
 
