@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_args, model_from_args
+from .common import add_model_args, check_model_choice, model_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_model_choice(args)  # before the imports below (torch): a usage error answers at once
     from ..reports.summary import format_summary, summarize
 
     if args.cfg is not None and args.model is None:

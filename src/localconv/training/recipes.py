@@ -4,7 +4,9 @@
               TF tutorial models: plain SGD lr 0.1, x0.1 every 350 epochs (staircase), batch 128, EMA 0.9999
               with TF's num_updates warm-up, weight decay as a loss term, eval on the averaged weights;
               cuda-convnet (cfg) models: per-layer epsW/epsB/momW/momB/wc with cuda-convnet's update rule,
-              batch 128, a phase schedule of epsW multipliers, no averaging.
+              batch 128, a phase schedule of epsW multipliers, no averaging; phase 1 trains without batch 5
+              and is validated on it when the run asks for cuda-convnet's methodology (holdout.py).
+              Both families train in float32 unless --amp is given (precision.py).
 ``fast``      modern practice on the same, unchanged layers: each model's own per-layer learning rates and
               decay moved to momentum 0.9 and batch 512 (GPU) / 256 (CPU) with linear scaling, warm-up +
               linear decay to zero, label smoothing 0.1, weight averaging (EMA) and flip test-time averaging.
