@@ -28,7 +28,8 @@ def test_building_the_parser_imports_no_torch() -> None:
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["doctor", "--help"], ["--version"],
                                   ["train", "--no-such-option"], ["predict", "run", "x.png", "--top-k", "0"],
-                                  ["doctor", "--device", "cpu"], ["doctor", "--model", "m", "--cfg", "c.cfg"]])
+                                  ["doctor", "--device", "cpu"], ["doctor", "--model", "m", "--cfg", "c.cfg"],
+                                  ["summary"]])
 def test_help_version_and_usage_errors_import_no_torch(argv: list[str]) -> None:
     code = ("import sys\nfrom localconv.cli.main import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
