@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from cifar_fixtures import make_arrays, write_image_tree
 from safetensors.torch import load_file, save_file
+from test_bad_input import assert_one_error, run_cli, snapshot
+from test_cfg_builder import LAYERS, PARAMS, line_of
 
 import localconv
-from cifar_fixtures import make_arrays, write_image_tree
 from localconv.cli.main import main
 from localconv.configs import memory
 from localconv.training.checkpoint import sha256_file
-from test_bad_input import assert_one_error, run_cli, snapshot
-from test_cfg_builder import LAYERS, PARAMS, line_of
 
 # class count -> the model trained on it (a cfg-built network, the tutorial's two tops)
 CLASS_CASES = {3: "cc-80sec", 9: "tf-tutorial-conv", 11: "tf-tutorial"}
@@ -75,7 +75,7 @@ def test_any_class_count_trains_evaluates_and_predicts(k: int, trained: dict, tm
     assert rows[0] == ["true\\pred", *class_names(k)] and [r[0] for r in rows[1:]] == class_names(k)
     assert sum(int(v) for r in rows[1:] for v in r[1:]) == 22 and all(len(r) == k + 1 for r in rows)
 
-    image = sorted((data / "test").rglob("*.png"))[0]
+    image = min((data / "test").rglob("*.png"))
     assert main(["predict", str(run), str(image), "--top-k", "10", "--json"]) == 0
     captured = capsys.readouterr()
     top = json.loads(captured.out)[0]["top"]
@@ -89,7 +89,7 @@ def test_run_classes_that_do_not_match_the_model_are_refused(trained: dict, tmp_
     meta = json.loads((run / "run.json").read_text())
     meta["classes"] = meta["classes"][:2]
     (run / "run.json").write_text(json.dumps(meta))
-    rc, lines = run_cli(["predict", str(run), str(sorted((trained[3][0] / "test").rglob("*.png"))[0])], capsys)
+    rc, lines = run_cli(["predict", str(run), str(min((trained[3][0] / "test").rglob("*.png")))], capsys)
     assert_one_error("predict", rc, lines, ("run.json: field 'classes' names 2 classes", "gives 3 scores"))
 
 

@@ -190,7 +190,7 @@ def test_wrong_input_size_is_refused(name: str, good: int, bad: tuple[int, ...])
         model(torch.randn(2, 1, good, good))
 
 
-def test_load_run_refuses_an_unknown_weights_choice(tmp_path) -> None:  # noqa: ANN001
+def test_load_run_refuses_an_unknown_weights_choice(tmp_path) -> None:
     for which in ("emma", "EMA", None):
         with pytest.raises(ValueError, match="'ema'.*'raw'"):
             localconv.load_run(tmp_path, which=which)

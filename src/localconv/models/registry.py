@@ -6,7 +6,8 @@ cuda-convnet models register one factory per shipped config file.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import ModelError
 from .base import Classifier, ModelValueError, check_num_classes
