@@ -31,8 +31,8 @@ def naive_local_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         for g in range(groups):
             patch = xp[(slice(None), slice(g * cg, (g + 1) * cg), *index)]  # [N, C/g, *k]
             parts.append(torch.einsum(f"nc{letters},oc{letters}->no", patch, weight[pos][g * og:(g + 1) * og]))
-        ys = ys.index_put((torch.arange(x.shape[0])[:, None], torch.arange(o)[None, :], *[torch.tensor(p) for p in pos]),
-                          torch.cat(parts, 1))
+        index = (torch.arange(x.shape[0])[:, None], torch.arange(o)[None, :], *[torch.tensor(p) for p in pos])
+        ys = ys.index_put(index, torch.cat(parts, 1))
     if bias is not None:
         ys = ys + (bias.view(o, *[1] * d) if bias.dim() == 1 else bias)
     return ys

@@ -94,7 +94,7 @@ def test_torch_func_transforms() -> None:
     torch.testing.assert_close(tangent, tangent_ref)
     torch.testing.assert_close(torch.func.jacfwd(fn, 0)(x, w, b), torch.func.jacfwd(ref, 0)(x, w, b))
     per_sample = torch.func.vmap(torch.func.grad(lambda xi, w: loss(fn)(xi[None], w, b), 1), (0, None))(x, w)
-    per_sample_ref = torch.stack([torch.func.grad(lambda w: loss(ref)(xi[None], w, b))(w) for xi in x])
+    per_sample_ref = torch.stack([torch.func.grad(lambda w, xi=xi: loss(ref)(xi[None], w, b))(w) for xi in x])
     torch.testing.assert_close(per_sample, per_sample_ref)
     # forward-over-reverse: the Hessian-vector product of a scalar loss
     hvp = torch.func.jvp(torch.func.grad(loss(fn), 1), (x, w, b), tangents)[1]

@@ -10,8 +10,14 @@ import torch.nn.functional as F
 from local_reference import naive_local_conv
 from torch import nn
 
-from localconv import (LazyLocallyConnected1d, LazyLocallyConnected2d, LazyLocallyConnected3d, LocallyConnected1d,
-                       LocallyConnected2d, LocallyConnected3d)
+from localconv import (
+    LazyLocallyConnected1d,
+    LazyLocallyConnected2d,
+    LazyLocallyConnected3d,
+    LocallyConnected1d,
+    LocallyConnected2d,
+    LocallyConnected3d,
+)
 
 LAYERS = {1: LocallyConnected1d, 2: LocallyConnected2d, 3: LocallyConnected3d}
 CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -15,12 +15,18 @@ import sys
 
 import pytest
 import torch
+from test_local_layer import (
+    ODD_CASES,
+    SHARED_FILTER_CASES,
+    assert_matches_reference,
+    check_shared_filter_equals_conv2d,
+    make_case,
+    naive_local_conv2d,
+)
 
 from localconv import LocallyConnected2d
 from localconv.nn import functional as local_functional
 from localconv.nn.functional import local_conv2d
-from test_local_layer import (ODD_CASES, SHARED_FILTER_CASES, assert_matches_reference,
-                              check_shared_filter_equals_conv2d, make_case, naive_local_conv2d)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -97,8 +103,6 @@ def test_triton_float16() -> None:
 
 @kernels
 def test_layer_through_triton_and_custom_op_checks() -> None:
-    from localconv.nn import triton_local
-
     layer = LocallyConnected2d(3, 4, (5, 4), 3, stride=(2, 1), padding=1, backend="triton").to(DEVICE)
     x = torch.randn(2, 3, 5, 4, device=DEVICE, requires_grad=True)
     layer(x).sum().backward()

@@ -389,7 +389,9 @@ class _GradInput(torch.autograd.Function):
     def jvp(ctx, d_gy, d_w, *_):  # noqa: ANN001, ANN205
         grad_out, weight = ctx.saved_tensors
         input_shape, spec, backend, channels_last = ctx.inputs
-        out = FUNCTIONS.grad_input(d_gy, weight, input_shape, spec, backend, channels_last) if d_gy is not None else None
+        out = None
+        if d_gy is not None:
+            out = FUNCTIONS.grad_input(d_gy, weight, input_shape, spec, backend, channels_last)
         return _add(out, FUNCTIONS.grad_input(grad_out, d_w, input_shape, spec, backend, channels_last)
                     if d_w is not None else None)
 
