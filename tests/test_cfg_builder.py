@@ -599,7 +599,8 @@ def test_quoted_values_are_cut() -> None:
     assert clip("abc") == "abc" and clip("x" * 61) == "x" * 60 + "...(61 chars)"
     long = "relu" * 10_000
     for layers in (edit(LAYERS, "neuron=relu", f"neuron={long}"), edit(LAYERS, "stride=2\n", f"stride={long}\n"),
-                   edit(LAYERS, "[conv1]", "[conv1]\n" + "y" * 5000), edit(LAYERS, "type=conv", f"type={long}")):
+                   edit(LAYERS, "[conv1]", "[conv1]\n" + "y" * 5000), edit(LAYERS, "type=conv", f"type={long}"),
+                   edit(LAYERS, "[conv1]", f"[{'c' * 5000}]"), edit(LAYERS, "stride=2\n", f"{'k' * 5000}=2\n")):
         with pytest.raises(ConfigError) as info:
             build(layers)
         assert len(str(info.value)) < 400 and "chars)" in str(info.value), str(info.value)[:400]

@@ -24,6 +24,7 @@ def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
+MAX_NAME = 100  # longest section name or key accepted (cuda-convnet's are a few characters)
 SECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -77,6 +78,9 @@ def parse_cfg(text: str, file: str) -> CfgFile:
             if not line.endswith("]"):
                 raise ConfigError(f"malformed section header {clip(line)!r}: expected [name]", file=file, line=number)
             name = line[1:-1].strip()
+            if len(name) > MAX_NAME:  # a name is quoted in every message about its section: keep it short
+                raise ConfigError(f"section name {clip(name)!r} is {len(name)} characters long; use at most "
+                                  f"{MAX_NAME}", file=file, line=number)
             if not SECTION_NAME.fullmatch(name):
                 raise ConfigError(f"invalid section name {clip(name)!r}: use letters, digits, '_' and '-'",
                                   file=file, line=number)
@@ -92,7 +96,7 @@ def parse_cfg(text: str, file: str) -> CfgFile:
         key, value = line[:cut].strip(), line[cut + 1:].strip()
         if current is None:
             raise ConfigError(f"'{key}' appears before any [section]", file=file, line=number)
-        if not KEY_NAME.fullmatch(key):
+        if not KEY_NAME.fullmatch(key) or len(key) > MAX_NAME:
             raise ConfigError(f"invalid key {clip(key)!r}", file=file, line=number, section=current.name)
         if key in current.items:
             raise ConfigError(f"duplicate key '{key}' (first set at line {current.items[key].line})",
