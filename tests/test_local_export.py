@@ -59,6 +59,23 @@ def test_torch_export_runs_the_custom_op() -> None:
     torch.testing.assert_close(torch.export.load(buffer).module()(x), model(x))
 
 
+def test_exported_program_forward_ad_is_exact_or_raises() -> None:
+    # torch gives custom ops no jvp rule (a zero tangent, silently): dual tensors are routed through
+    # the layer's autograd Function, torch.func.jvp of the raw op raises.
+    import torch.autograd.forward_ad as fwAD
+
+    model = _model().double().eval()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    module = torch.export.export(model, (x,)).module()
+    tangent = torch.randn_like(x)
+    _, want = torch.func.jvp(model, (x,), (tangent,))
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(module(fwAD.make_dual(x, tangent))).tangent
+    torch.testing.assert_close(got, want)
+    with pytest.raises(NotImplementedError, match="raw custom op localconv::local_conv"):
+        torch.func.jvp(module, (x,), (tangent,))
+
+
 def _onnx_check(model: nn.Module, x: torch.Tensor, dynamo: bool, tmp_path) -> None:  # noqa: ANN001
     import onnxruntime as ort
 

@@ -27,9 +27,11 @@ exporting, the Function otherwise.
 # No "from __future__ import annotations": torch.library reads the op signatures at runtime.
 import math
 import sys
+import warnings
 from typing import Callable, List, NamedTuple, Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from . import local_portable
 
@@ -308,6 +310,39 @@ local_conv_op.register_autograd(_backward_forward, setup_context=_setup_forward)
 grad_input_op.register_autograd(_backward_grad_input, setup_context=_setup_grad_input)
 grad_weight_op.register_autograd(_backward_grad_weight, setup_context=_setup_grad_weight)
 
+
+
+def _route_forward_ad(op, function) -> None:  # noqa: ANN001
+    """Forward-mode AD on the raw custom op: torch's generated Autograd kernel of a custom op ignores
+    forward tangents (an exported program's ``jvp`` came back zero, silently). Dual tensors
+    (``torch.autograd.forward_ad``) go through the autograd Function (which has ``jvp``) instead;
+    ``torch.func.jvp`` of the raw op raises (the Function cannot be called at that dispatch level).
+    Uses torch's private ``make_autograd_impl``: without it (another torch version), the op keeps
+    torch's kernel."""
+    try:
+        from torch._library.autograd import make_autograd_impl
+
+        generated = make_autograd_impl(op._opoverload, op)
+        library, name = op._lib, op._name
+    except (ImportError, AttributeError):
+        return
+
+    def kernel(keyset, *args):  # noqa: ANN001, ANN202
+        if forward_ad._current_level >= 0 and any(
+                isinstance(a, Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+            if torch._C._functorch.peek_interpreter_stack() is not None:  # torch.func.jvp of the raw op
+                raise NotImplementedError(
+                    f"forward-mode AD (torch.func.jvp/jacfwd) through the raw custom op {op._qualname} is not "
+                    "supported (torch gives custom ops no jvp rule); use the localconv layers or "
+                    "localconv.nn.functional.local_conv* in eager mode, whose autograd Functions have one")
+            return function(*args)  # dual tensors (torch.autograd.forward_ad): the Function's jvp
+        return generated(keyset, *args)
+
+    with warnings.catch_warnings():  # "overriding a previously registered kernel": ours, on purpose
+        warnings.simplefilter("ignore")
+        library.impl(name, kernel, "Autograd", with_keyset=True)
+
+
 if hasattr(torch.library, "register_vmap"):  # torch >= 2.4
     @local_conv_op.register_vmap
     def _(info, in_dims, x, weight, bias, stride, padding, dilation, groups, backend):  # noqa: ANN001, ANN202
@@ -431,6 +466,15 @@ class _GradWeight(torch.autograd.Function):
 
 
 FUNCTIONS = Ops(_Forward.apply, _GradInput.apply, _GradWeight.apply)
+
+_route_forward_ad(local_conv_op, lambda x, weight, bias, stride, padding, dilation, groups, backend: _Forward.apply(
+    x, weight, bias, _spec(stride, padding, dilation, groups), backend))
+_route_forward_ad(grad_input_op, lambda grad_out, weight, input_shape, stride, padding, dilation, groups, backend,
+                  channels_last: _GradInput.apply(grad_out, weight, list(input_shape),
+                                                  _spec(stride, padding, dilation, groups), backend, channels_last))
+_route_forward_ad(grad_weight_op, lambda grad_out, x, weight_shape, stride, padding, dilation, groups, backend:
+                  _GradWeight.apply(grad_out, x, list(weight_shape), _spec(stride, padding, dilation, groups),
+                                    backend))
 
 
 # ----------------------------------------------------------------------------------------------
