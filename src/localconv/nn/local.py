@@ -74,6 +74,8 @@ class _LocallyConnectedNd(nn.Module):
         self.shared_bias = bool(shared_bias)
         self._init_std_arg, self.gain = (None if init_std is None else float(init_std)), float(gain)
         factory = {"device": device, "dtype": dtype}
+        if input_size is None and not isinstance(self, LazyModuleMixin):
+            raise ValueError(f"input_size is required (or use Lazy{type(self).__name__}, which infers it)")
         if input_size is None:  # lazy: shapes come with the first input (LazyModuleMixin)
             self.in_channels, self.input_size, self.output_size = 0, None, None
             self.weight = UninitializedParameter(**factory)
