@@ -12,6 +12,7 @@ exactly as cuda-convnet. With ``momentum=0, wc=0`` this is plain SGD (the TF tut
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,7 +47,16 @@ class ConvNetSGD(torch.optim.Optimizer):
         for name in ("lr", "momentum", "wc"):
             if name in param_group:
                 _check_hyper(name, param_group[name])
-        super().add_param_group(param_group)
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _undecorated(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -71,6 +81,19 @@ class ConvNetSGD(torch.optim.Optimizer):
                 inc.add_(p.grad, alpha=-lr)
                 p.add_(inc)
         return loss
+
+
+def _undecorated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` without torch's ``_disable_dynamo`` wrapper while torch._dynamo is not loaded.
+
+    torch.optim wraps ``add_param_group``, ``zero_grad`` and ``state_dict`` in ``torch._disable_dynamo``,
+    which imports torch._dynamo at the first call (1-2 s of CPU, most of a short doctor run's optimizer
+    cost) only so that dynamo will not trace them. Before torch._dynamo is imported nothing can be
+    tracing, so the plain function is equivalent; once it is (``--compile``), the wrapper is kept.
+    """
+    if "torch._dynamo" in sys.modules:
+        return method
+    return getattr(method, "__wrapped__", method)
 
 
 def _check_hyper(name: str, value: Any) -> None:
