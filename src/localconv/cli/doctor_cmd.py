@@ -8,7 +8,7 @@ import argparse
 import json
 
 from .common import (add_data_args, add_device_arg, add_model_args, check_model_choice, data_options,
-                     fit_model_to_classes, load_data, model_from_args, non_negative_int, positive_float, positive_int)
+                     fit_model_to_classes, model_from_args, non_negative_int, positive_float, positive_int)
 from .train_options import seed_value
 
 
@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (TF models, fast recipe)")
     p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply every learning rate")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the initialization and of the data order")
+    p.add_argument("--threads", type=non_negative_int, default=d.threads,
+                   help="torch CPU threads for the run (0: as many as torch chooses, one per core)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
@@ -46,18 +48,24 @@ def run(args: argparse.Namespace) -> int:
 
     options = DoctorOptions(steps=args.steps, batch_size=args.batch_size, limit_train=args.limit_train,
                             val_images=args.val_images, every=args.every, recipe=args.recipe, lr=args.lr,
-                            lr_scale=args.lr_scale, seed=args.seed, device=args.device, progress=args.progress)
+                            lr_scale=args.lr_scale, seed=args.seed, device=args.device, threads=args.threads,
+                            progress=args.progress)
     options.validate()  # usage errors first: they answer before torch is imported
     check_model_choice(args)
     import torch
 
-    from ..diagnostics.doctor import run_doctor
+    from ..data import load_training_subset
+    from ..diagnostics.doctor import doctor_images, run_doctor
 
     torch.manual_seed(args.seed)
     model = model_from_args(args)
-    data = load_data(args.data, args.cache_dir, progress=args.progress, options=data_options(args))
-    fit_model_to_classes(model, list(data.classes))  # the head follows the data's class count, as in train
-    report = run_doctor(model, data.train_images, data.train_labels, options, classes=list(data.classes))
+    # only the ~6,000 images the run uses are decoded on a cold cache (a warm one is used as it is)
+    read = data_options(args)
+    data = load_training_subset(lambda n: doctor_images(n, options), args.data, args.cache_dir,
+                                progress=args.progress, labels=read["labels"], resize=read["resize"] or "none",
+                                dataset=read["dataset"] or "cifar10")
+    fit_model_to_classes(model, data.classes)  # the head follows the data's class count, as in train
+    report = run_doctor(model, data.images, data.labels, options, classes=data.classes, subset_of=data.total)
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))
     else:

@@ -1,4 +1,7 @@
-"""``load_cifar10``: find or download the data, then serve it from the decoded cache when possible."""
+"""``load_cifar10``: find or download the data, then serve it from the decoded cache when possible.
+
+``load_training_subset``: some of its training images, decoding only those when the cache is cold.
+"""
 from __future__ import annotations
 
 import os
@@ -8,8 +11,9 @@ from ..errors import DataError
 from .cache import decoded_cache_path, default_cache_dir, fingerprint, load_decoded, save_decoded
 from .cifar_data import CifarData
 from .download import OFFICIAL_RELEASES, download_file, verify_md5
-from .formats import DataOptions, detect_source, python_release_archive
+from .formats import DataOptions, DatasetSource, detect_source, python_release_archive
 from .images import DEFAULT_RESIZE
+from .subset import Selector, TrainingSubset
 
 
 def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
@@ -25,6 +29,49 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     cached there, so a second load of the same, unchanged source with the same options skips decoding.
     The returned data's ``classes`` / ``num_classes`` say how many outputs a classifier needs.
     """
+    data_source, cache_file, archive_to_verify, md5 = _resolve(source, cache_dir, progress, url, md5, labels,
+                                                               resize, dataset)
+    cached = load_decoded(cache_file, data_source.description)
+    if cached is not None:
+        return cached
+    if archive_to_verify is not None:
+        verify_md5(archive_to_verify, md5)
+    data = data_source.read(progress)
+    save_decoded(cache_file, data)
+    return data
+
+
+def load_training_subset(select: Selector, source: str | os.PathLike | None = None,
+                         cache_dir: str | os.PathLike | None = None, progress: bool = True, url: str | None = None,
+                         md5: str | None = None, *, labels: str | None = None, resize: str = DEFAULT_RESIZE,
+                         dataset: str = "cifar10") -> TrainingSubset:
+    """The training images ``select(n)`` (positions in the ``n`` training images, as :func:`load_cifar10`
+    orders them) of the data :func:`load_cifar10` would return for the same arguments.
+
+    A warm decoded cache is used. On a cold one, an image tree (folder or tarballs) is read exactly as
+    :func:`load_cifar10` reads it (every file, each archive to its end with its checksum), but only the
+    selected images are decoded, and the cache is not written (it would not hold the whole data). Other
+    layouts are decoded and cached whole (their batches are not per-image files).
+    """
+    data_source, cache_file, archive_to_verify, md5 = _resolve(source, cache_dir, progress, url, md5, labels,
+                                                               resize, dataset)
+    cached = load_decoded(cache_file, data_source.description)
+    if cached is not None:
+        return TrainingSubset.of(cached, select)
+    if archive_to_verify is not None:
+        verify_md5(archive_to_verify, md5)
+    if data_source.subset_reader is not None:
+        return data_source.read_training_subset(progress, select)
+    data = data_source.read(progress)
+    save_decoded(cache_file, data)
+    return TrainingSubset.of(data, select)
+
+
+def _resolve(source: str | os.PathLike | None, cache_dir: str | os.PathLike | None, progress: bool,
+             url: str | None, md5: str | None, labels: str | None, resize: str,
+             dataset: str) -> tuple[DatasetSource, Path, Path | None, str | None]:
+    """The source (downloaded if needed), its decoded-cache file, the archive to md5-check before decoding
+    (one found in the cache folder, not downloaded now), and the md5 to check it against."""
     options = DataOptions(labels, resize)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     archive_to_verify = None
@@ -45,13 +92,5 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     else:
         data_source = detect_source(source, options)
     key = fingerprint(data_source.kind, data_source.path, data_source.files, data_source.listing)
-    cache_file = decoded_cache_path(cache_root, data_source.kind, key)
-    cached = load_decoded(cache_file, data_source.description)
-    if cached is not None:
-        return cached
-    if archive_to_verify is not None:
-        verify_md5(archive_to_verify, md5)
-    data = data_source.read(progress)
-    save_decoded(cache_file, data)
-    return data
+    return data_source, decoded_cache_path(cache_root, data_source.kind, key), archive_to_verify, md5
 

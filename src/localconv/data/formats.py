@@ -30,6 +30,7 @@ from .image_tree import SPLITS, ImageTree, add_archive_split, list_tree_files
 from .images import DEFAULT_RESIZE, RESIZE_MODES
 from .releases import (BINARY_RELEASE, BINARY_TOP, CIFAR100_META, CIFAR100_TOP, LABEL_SETS, PYTHON_RELEASE,
                        PYTHON_TOP, Release, assemble_release, cifar100_release)
+from .subset import Selector, TrainingSubset
 
 SPLIT_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # Official names looked for inside a folder that is none of the layouts itself.
@@ -76,11 +77,22 @@ class DatasetSource:
     files: list[Path]  # every file the data is read from (their sizes and mtimes key the cache)
     reader: Callable[[bool], CifarData]
     listing: list[str] = field(default_factory=list)  # more of what keys the cache (folder names, options)
+    # reads everything like ``reader`` but decodes only the selected training images (image trees)
+    subset_reader: Callable[[bool, Selector], TrainingSubset] | None = None
 
     def read(self, progress: bool = True) -> CifarData:
         data = self.reader(progress)
         data.validate()
         return data
+
+    def read_training_subset(self, progress: bool, select: Selector) -> TrainingSubset:
+        """The selected training images, read like :meth:`read` (every file, archives to their end); only
+        a source with a ``subset_reader`` skips decoding the others."""
+        if self.subset_reader is None:
+            return TrainingSubset.of(self.read(progress), select)
+        subset = self.subset_reader(progress, select)
+        subset.validate()
+        return subset
 
 
 def _release_folder(release: Release, kind: str, folder: Path) -> DatasetSource:
@@ -146,8 +158,7 @@ def _image_folder(root: Path, options: DataOptions) -> DatasetSource:
     # An empty class folder holds no file but must change the cache key (it makes the data invalid).
     folders = [f"{split}/{name}/" for split in SPLITS for name in tree_files[split]]
 
-    def read(progress: bool) -> CifarData:
-        tree = ImageTree(str(root), options.resize)
+    def fill(tree: ImageTree, progress: bool) -> ImageTree:
         with tqdm(total=len(all_files), unit="img", desc=f"decoding {root.name}", disable=not progress) as bar:
             for split in SPLITS:
                 for class_name, files in tree_files[split].items():
@@ -155,9 +166,16 @@ def _image_folder(root: Path, options: DataOptions) -> DatasetSource:
                     for file in files:
                         tree.add_image(split, class_name, file.name, read_file(file), str(file))
                         bar.update()
-        return tree.build(description)
+        return tree
 
-    return DatasetSource("image-folder", root, description, all_files, read, folders)
+    def read(progress: bool) -> CifarData:
+        return fill(ImageTree(str(root), options.resize), progress).build(description)
+
+    def read_subset(progress: bool, select: Selector) -> TrainingSubset:
+        tree = fill(ImageTree(str(root), options.resize, decode_later=True), progress)
+        return tree.training_subset(description, select)
+
+    return DatasetSource("image-folder", root, description, all_files, read, folders, read_subset)
 
 
 def _split_archive(folder: Path, split: str) -> Path | None:
@@ -175,13 +193,20 @@ def _image_tarballs(folder: Path, options: DataOptions) -> DatasetSource:
     description = (f"image-folder tarballs {archives['train'].name}, {archives['test'].name} (folder {folder})"
                    f"{_resize_note(options)}")
 
-    def read(progress: bool) -> CifarData:
-        tree = ImageTree(str(folder), options.resize)
+    def fill(tree: ImageTree, progress: bool) -> ImageTree:
         for split, archive in archives.items():
-            add_archive_split(tree, archive, split, progress)
-        return tree.build(description)
+            add_archive_split(tree, archive, split, progress)  # each archive read and verified to its end
+        return tree
 
-    return DatasetSource("image-tarballs", folder, description, list(archives.values()), read)
+    def read(progress: bool) -> CifarData:
+        return fill(ImageTree(str(folder), options.resize), progress).build(description)
+
+    def read_subset(progress: bool, select: Selector) -> TrainingSubset:
+        tree = fill(ImageTree(str(folder), options.resize, decode_later=True), progress)
+        return tree.training_subset(description, select)
+
+    return DatasetSource("image-tarballs", folder, description, list(archives.values()), read,
+                         subset_reader=read_subset)
 
 
 def _detect_archive(archive: Path, options: DataOptions) -> DatasetSource:

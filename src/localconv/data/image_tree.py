@@ -5,6 +5,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,17 +14,24 @@ from .archive import iter_archive
 from .cifar_data import IMAGE_SIDE, CifarData
 from .files import MAX_IMAGE_BYTES, kind_of
 from .images import DEFAULT_RESIZE, decode_dataset_image
+from .subset import Selector, TrainingSubset, selected_positions
 
 SPLITS = ("train", "test")
 
 
 @dataclass
 class ImageTree:
-    """Collects decoded images per split and class, then builds a :class:`CifarData`."""
+    """Collects decoded images per split and class, then builds a :class:`CifarData`.
+
+    ``decode_later``: keep each image's encoded bytes; :meth:`training_subset` then decodes only the
+    images it returns (the source is still read, and its archives verified, to the end first).
+    """
 
     where: str
     resize: str = DEFAULT_RESIZE  # see images.prepare_image
-    images: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = field(
+    decode_later: bool = False
+    # (file name, decoded image, or (bytes, shown name) with decode_later)
+    images: dict[str, dict[str, list[tuple[str, Any]]]] = field(
         default_factory=lambda: {split: {} for split in SPLITS})
 
     def add_class(self, split: str, name: str) -> None:
@@ -31,10 +39,14 @@ class ImageTree:
 
     def add_image(self, split: str, class_name: str, file_name: str, data: bytes, shown_name: str) -> None:
         self.add_class(split, class_name)
-        self.images[split][class_name].append((file_name, decode_dataset_image(data, shown_name, IMAGE_SIDE,
-                                                                                    self.resize)))
+        item = (data, shown_name) if self.decode_later else self._decode(data, shown_name)
+        self.images[split][class_name].append((file_name, item))
 
-    def build(self, description: str) -> CifarData:
+    def _decode(self, data: bytes, shown_name: str) -> np.ndarray:
+        return decode_dataset_image(data, shown_name, IMAGE_SIDE, self.resize)
+
+    def _classes(self) -> list[str]:
+        """The sorted class names, once every split and class folder was checked."""
         for split in SPLITS:
             if not self.images[split]:
                 raise DataError(f"{self.where}: no class folders under {split}/ (expected {split}/<class>/<image>)")
@@ -48,18 +60,38 @@ class ImageTree:
             only_test = ", ".join(sorted(test_classes - train_classes)) or "-"
             raise DataError(f"{self.where}: train/ and test/ have different class folders "
                             f"(only in train: {only_train}; only in test: {only_test})")
-        classes = sorted(train_classes)
+        return sorted(train_classes)
+
+    def _ordered(self, split: str, classes: list[str]) -> tuple[list[Any], np.ndarray]:
+        """The split's items and labels in dataset order: by class, then by file name."""
+        items, labels = [], []
+        for index, class_name in enumerate(classes):
+            for _, item in sorted(self.images[split][class_name], key=lambda entry: entry[0]):
+                items.append(item)
+                labels.append(index)
+        return items, np.array(labels, dtype=np.int64)
+
+    def _stack(self, items: list[Any]) -> np.ndarray:
+        images = [self._decode(*item) if self.decode_later else item for item in items]
+        return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+
+    def build(self, description: str) -> CifarData:
+        classes = self._classes()
         arrays = {}
         for split in SPLITS:
-            images, labels = [], []
-            for index, class_name in enumerate(classes):
-                for _, image in sorted(self.images[split][class_name], key=lambda item: item[0]):
-                    images.append(image)
-                    labels.append(index)
-            arrays[split] = (np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)),
-                             np.array(labels, dtype=np.int64))
+            items, labels = self._ordered(split, classes)
+            arrays[split] = (self._stack(items), labels)
         return CifarData(arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1],
                          classes, description)
+
+    def training_subset(self, description: str, select: Selector) -> TrainingSubset:
+        """The training images ``select(n)`` of the data :meth:`build` would give; only those are decoded."""
+        classes = self._classes()
+        items, labels = self._ordered("train", classes)
+        positions = selected_positions(select, len(items), description)
+        images = self._stack([items[i] for i in positions]) if positions.size else \
+            np.zeros((0, 3, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+        return TrainingSubset(images, labels[positions], positions, len(items), classes, description)
 
 
 def _is_hidden(name: str) -> bool:

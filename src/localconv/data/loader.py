@@ -47,6 +47,20 @@ def _check_limit(name: str, value: int | None, available: int) -> None:
         raise LocalconvError(f"{name} {value} is more than the {available} images available")
 
 
+def split_indices(n: int, val_split: int = 0, limit_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) positions among ``n`` training images, as :func:`select_splits` picks them."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    val_idx, train_idx = perm[:val_split], perm[val_split:]
+    return (train_idx if limit_train is None else train_idx[:limit_train]), val_idx
+
+
+def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels at positions ``idx``, in position order, as tensors."""
+    idx = np.sort(idx)
+    return (torch.from_numpy(np.ascontiguousarray(images[idx])),
+            torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)))
+
+
 def select_splits(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
                   test_labels: np.ndarray, limit_train: int | None = None, val_split: int = 0,
                   limit_test: int | None = None) -> Splits:
@@ -58,18 +72,10 @@ def select_splits(train_images: np.ndarray, train_labels: np.ndarray, test_image
         raise LocalconvError(f"--val-split {val_split} leaves no training images (the set has {n})")
     _check_limit("--limit-train", limit_train, n - val_split)
     _check_limit("--limit-test", limit_test, len(test_labels))
-    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    val_idx, train_idx = perm[:val_split], perm[val_split:]
-    if limit_train is not None:
-        train_idx = train_idx[:limit_train]
+    train_idx, val_idx = split_indices(n, val_split, limit_train)
     test_idx = np.arange(len(test_labels))
     if limit_test is not None:
         test_idx = np.random.default_rng(SPLIT_SEED + 1).permutation(len(test_labels))[:limit_test]
-
-    def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(idx)
-        return (torch.from_numpy(np.ascontiguousarray(images[idx])),
-                torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)))
 
     tx, ty = take(train_images, train_labels, train_idx)
     vx, vy = take(train_images, train_labels, val_idx) if val_split else (None, None)

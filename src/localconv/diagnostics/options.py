@@ -21,6 +21,7 @@ class DoctorOptions:
     lr_scale: float = 1.0
     seed: int = 0
     device: str = "auto"
+    threads: int = 1             # torch CPU threads during the run (0: torch's default); see doctor._cpu_threads
     progress: bool = False
 
     def validate(self) -> None:
@@ -29,3 +30,5 @@ class DoctorOptions:
                 raise LocalconvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.val_images < 0:
             raise LocalconvError(f"--val-images must be >= 0, got {self.val_images}")
+        if self.threads < 0:
+            raise LocalconvError(f"--threads must be >= 0, got {self.threads}")
