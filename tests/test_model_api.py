@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,8 @@ def test_in_chans_where_the_architecture_allows_it() -> None:
         with pytest.raises(ValueError, match="takes 3-channel images only.*fixes the input channels"):
             localconv.create_model(name, in_chans=1)
     assert localconv.create_model("cc-11pct", in_chans=3).model_name == "cc-11pct"
+    four = localconv.create_model("tf-tutorial", num_classes=np.int64(4))
+    assert four.num_classes == 4 and type(model_spec(four)["kwargs"]["num_classes"]) is int
 
 
 @pytest.mark.parametrize("options", [{"conv2_std": math.nan}, {"conv2_std": 0.0}, {"conv2_std": -1e-2},

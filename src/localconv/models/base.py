@@ -8,6 +8,7 @@ training, evaluation and prediction share one preprocessing path
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,10 +29,14 @@ class ModelValueError(ModelError, ValueError):
 
 
 def check_num_classes(value: Any, what: str = "num_classes") -> int:
-    """``value`` as a class count (a whole number >= 2), or :class:`ModelValueError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+    """``value`` as a class count (a whole number >= 2, numpy integers too), or :class:`ModelValueError`."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < 2:
         raise ModelValueError(f"{what} must be a whole number >= 2, got {value!r}")
-    return value
+    return count
 
 
 def check_positive(value: Any, what: str) -> float:

@@ -73,8 +73,8 @@ def create_model(name: str, **kwargs: Any) -> Classifier:
     if key not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ModelError(f"unknown model {name!r}; known models: {known}")
-    if "num_classes" in kwargs:
-        check_num_classes(kwargs["num_classes"])
+    if "num_classes" in kwargs:  # a plain int from here on: the kwargs go into run.json
+        kwargs["num_classes"] = check_num_classes(kwargs["num_classes"])
     try:
         model = _REGISTRY[key][0](**kwargs)
     except TypeError as exc:  # an unknown keyword option
