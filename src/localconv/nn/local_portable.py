@@ -119,17 +119,24 @@ def _gather_columns(xp: torch.Tensor, geo: Geometry, r0: int, r1: int, out: torc
     d = geo.dims
     windows = windows.unflatten(-1, (g, c // g))  # [N, rows, *rest, *kernel, g, cg]
     order = (*range(1, d + 1), 2 * d + 1, 0, *range(d + 1, 2 * d + 1), 2 * d + 2)
-    out.view(rows, *rest, g, n, *geo.kernel, c // g).copy_(windows.permute(order))
+    source = windows.permute(order)  # [rows, *rest, g, N, *kernel, cg]
+    target = out.view(rows, *rest, g, n, *geo.kernel, c // g)
+    # One copy per line of the last output dimension: each a copy of few dimensions (the last tap and
+    # the channels coalesce into one run when undilated), which TensorIterator does several times
+    # faster than one copy of all 2*d+3 dimensions, and cache-friendlier.
+    for line in itertools.product(*(range(m) for m in (rows, *rest)[:-1])):
+        target[line].copy_(source[line])
     return out
 
 
 def _weight_columns(weight_rows: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """``[rows, *rest, O, C/g, *kernel]`` -> ``[rows*L'*g, O/g, K/g]``, K in (*kernel, c) order (a copy)."""
+    """``[rows, *rest, O, C/g, *kernel]`` -> ``[rows*L'*g, O/g, K/g]``, K in (*kernel, c) order (a copy:
+    one batched transpose ``[P*O, C/g, taps] -> [P*O, taps, C/g]``)."""
     d, g = geo.dims, geo.groups
     positions = math.prod(weight_rows.shape[:d])
-    w = weight_rows.reshape(positions, g, geo.out_channels // g, *weight_rows.shape[d + 1:])
-    order = (0, 1, 2, *range(4, 4 + d), 3)
-    return w.permute(order).reshape(positions * g, geo.out_channels // g, geo.group_k)
+    cg = geo.input_shape[1] // g
+    w = weight_rows.reshape(positions * geo.out_channels, cg, geo.taps).transpose(1, 2).contiguous()
+    return w.view(positions * g, geo.out_channels // g, geo.group_k)
 
 
 def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -169,9 +176,11 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
 
 
 def _grad_rows(grad_out: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """``grad_out [N, O, *out]`` as ``[L*g, N, O/g]`` (a copy)."""
+    """``grad_out [N, O, *out]`` as a contiguous ``[L*g, N, O/g]`` (a copy: the bmm operands must be
+    plain or transposed matrices, else torch copies each one of the batch)."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
-    return grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 0, 2).reshape(geo.positions * g, n, o // g)
+    rows = grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 0, 2)
+    return rows.contiguous().view(geo.positions * g, n, o // g)
 
 
 def grad_weight(grad_out: torch.Tensor, x: torch.Tensor | None, geo: Geometry, cols: torch.Tensor | None = None,
@@ -210,10 +219,10 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
         if need_weight:
             chunk = cols[l0:l1] if cols is not None else _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
             torch.bmm(grad_rows[l0:l1].transpose(1, 2), chunk, out=grad_w_rows[:l1 - l0])
-            # [rows, *rest, g, O/g, *kernel, C/g] -> [rows, *rest, O, C/g, *kernel]
-            gw = grad_w_rows[:l1 - l0].view(rows, *rest, g, o // g, *geo.kernel, c // g)
-            order = (*range(d + 2), 2 * d + 2, *range(d + 2, 2 * d + 2))
-            grad_w[r0:r1].view(rows, *rest, g, o // g, c // g, *geo.kernel).copy_(gw.permute(order))
+            # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
+            positions = (l1 - l0) // g
+            gw = grad_w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
+            grad_w[r0:r1].view(positions * o, c // g, geo.taps).copy_(gw.transpose(1, 2))
         if need_input:
             grad_cols = torch.bmm(grad_rows[l0:l1], _weight_columns(weight[r0:r1], geo), out=buffer[:l1 - l0])
             taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, c // g)
