@@ -39,18 +39,34 @@ def test_subset_decodes_the_same_images_as_the_full_load(layout, arrays, tmp_pat
     np.testing.assert_array_equal(subset.images, full.train_images[positions])
     np.testing.assert_array_equal(subset.labels, full.train_labels[positions])
     assert subset.classes == full.classes
-    # a subset is not the data: the full-data cache entry is not written from it
-    assert not list((tmp_path / "cold-cache").rglob("*.npz"))
+    # a subset is not the data: only a subset entry is written, used again for the same selection only
+    (entry,) = (tmp_path / "cold-cache" / "decoded").iterdir()
+    assert entry.name.endswith(".subset.npz")
+    again = load_training_subset(_every_third, data, cache_dir=tmp_path / "cold-cache", progress=False)
+    np.testing.assert_array_equal(again.images, subset.images)
+    np.testing.assert_array_equal(again.positions, subset.positions)
+    other = load_training_subset(lambda n: np.arange(2), data, cache_dir=tmp_path / "cold-cache", progress=False)
+    np.testing.assert_array_equal(other.images, full.train_images[:2])
+
+
+def test_the_subset_cache_is_used(arrays, tmp_path, monkeypatch):
+    data = write_image_tarballs(tmp_path / "data", arrays, tmp_path / "scratch")
+    first = load_training_subset(_every_third, data, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(DatasetSource, "read_training_subset", _no_reading)
+    again = load_training_subset(_every_third, data, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(again.images, first.images)
+    with pytest.raises(AssertionError, match="read the source"):  # another selection is not in that entry
+        load_training_subset(lambda n: np.arange(2), data, cache_dir=tmp_path / "cache", progress=False)
+
+
+def _no_reading(*_args: object) -> None:
+    raise AssertionError("read the source although the decoded cache was warm")
 
 
 def test_subset_uses_a_warm_cache(arrays, tmp_path, monkeypatch):
     data = write_image_tarballs(tmp_path / "data", arrays, tmp_path / "scratch")
     full = load_cifar10(data, cache_dir=tmp_path / "cache", progress=False)
-
-    def no_reading(*_args):  # noqa: ANN202
-        raise AssertionError("read the source although the decoded cache was warm")
-
-    monkeypatch.setattr(DatasetSource, "read_training_subset", no_reading)
+    monkeypatch.setattr(DatasetSource, "read_training_subset", _no_reading)
     subset = load_training_subset(_every_third, data, cache_dir=tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(subset.images, full.train_images[subset.positions])
 
@@ -117,6 +133,12 @@ def test_doctor_sets_its_threads_and_restores_them(tmp_path):
 def test_monitor_signal_is_the_unbiased_std_across_images(shape):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
     torch.testing.assert_close(_signal(x), x.flatten(1).var(dim=0).mean().sqrt())
+
+
+def test_monitor_signal_of_a_constant_is_exactly_zero():
+    """Exactly 0 as var gives (a rounded mean would leave noise): gains above a zeroed layer stay undefined."""
+    x = torch.full((32, 7, 3, 3), 0.1) + torch.linspace(0, 5, 63).reshape(7, 3, 3)
+    assert _signal(x).item() == 0.0
 
 
 def test_optimizer_does_not_import_dynamo():

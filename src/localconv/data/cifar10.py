@@ -13,7 +13,7 @@ from .cifar_data import CifarData
 from .download import OFFICIAL_RELEASES, download_file, verify_md5
 from .formats import DataOptions, DatasetSource, detect_source, python_release_archive
 from .images import DEFAULT_RESIZE
-from .subset import Selector, TrainingSubset
+from .subset import Selector, TrainingSubset, load_subset, save_subset, subset_cache_path
 
 
 def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
@@ -50,8 +50,9 @@ def load_training_subset(select: Selector, source: str | os.PathLike | None = No
 
     A warm decoded cache is used. On a cold one, an image tree (folder or tarballs) is read exactly as
     :func:`load_cifar10` reads it (every file, each archive to its end with its checksum), but only the
-    selected images are decoded, and the cache is not written (it would not hold the whole data). Other
-    layouts are decoded and cached whole (their batches are not per-image files).
+    selected images are decoded; they are cached beside the full-data entry, under the same key, as
+    ``<kind>-<key>.subset.npz`` (used again only for the same selection). Other layouts are decoded and
+    cached whole (their batches are not per-image files).
     """
     data_source, cache_file, archive_to_verify, md5 = _resolve(source, cache_dir, progress, url, md5, labels,
                                                                resize, dataset)
@@ -61,7 +62,12 @@ def load_training_subset(select: Selector, source: str | os.PathLike | None = No
     if archive_to_verify is not None:
         verify_md5(archive_to_verify, md5)
     if data_source.subset_reader is not None:
-        return data_source.read_training_subset(progress, select)
+        subset_file = subset_cache_path(cache_file)
+        subset = load_subset(subset_file, select, data_source.description)
+        if subset is None:
+            subset = data_source.read_training_subset(progress, select)
+            save_subset(subset_file, subset)
+        return subset
     data = data_source.read(progress)
     save_decoded(cache_file, data)
     return TrainingSubset.of(data, select)

@@ -2,12 +2,16 @@
 of 50,000: decoding only those on a cold cache saves most of the decode time)."""
 from __future__ import annotations
 
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .cache import atomic_file
 from .cifar_data import CifarData, check_class_names
 
 # Given the number of images in the whole training split, the positions to keep (any order; duplicates
@@ -39,6 +43,8 @@ class TrainingSubset:
         if self.images.dtype != np.uint8 or self.images.shape[1:] != (3, 32, 32) or \
                 self.labels.shape != (len(self.images),) or self.positions.shape != self.labels.shape:
             raise DataError(f"{self.source}: inconsistent training subset arrays")
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise DataError(f"{self.source}: a training subset label is out of range 0..{len(self.classes) - 1}")
 
 
 def selected_positions(select: Selector, total: int, source: str) -> np.ndarray:
@@ -47,3 +53,37 @@ def selected_positions(select: Selector, total: int, source: str) -> np.ndarray:
     if positions.size and (positions[0] < 0 or positions[-1] >= total):
         raise DataError(f"{source}: a selected training image is outside 0..{total - 1}")
     return positions
+
+
+def subset_cache_path(full_cache_file: Path) -> Path:
+    """Where a subset of the data cached at ``full_cache_file`` is kept (same key: same source files, options)."""
+    return full_cache_file.with_name(full_cache_file.stem + ".subset.npz")
+
+
+def load_subset(path: Path, select: Selector, source: str) -> TrainingSubset | None:
+    """The subset cached at ``path`` if it holds exactly the images ``select`` picks now, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            total = int(arrays["total"])
+            positions = arrays["positions"]
+            if not np.array_equal(positions, selected_positions(select, total, source)):
+                return None  # another selection (other doctor options): decoded again, then replaced
+            subset = TrainingSubset(arrays["images"], arrays["labels"], positions, total,
+                                    [str(name) for name in arrays["classes"]], source)
+        subset.validate()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as exc:
+        warnings.warn(f"ignoring unreadable decoded-subset cache {path} ({exc}); decoding again", stacklevel=2)
+        return None
+    return subset
+
+
+def save_subset(path: Path, subset: TrainingSubset) -> None:
+    """Store ``subset`` at ``path`` atomically; a cache that cannot be written only warns."""
+    try:
+        with atomic_file(path) as handle:
+            np.savez(handle, images=subset.images, labels=subset.labels, positions=subset.positions,
+                     total=np.int64(subset.total), classes=np.array(subset.classes, dtype=str))
+    except OSError as exc:
+        warnings.warn(f"cannot write the decoded-subset cache {path} ({exc.strerror or exc})", stacklevel=2)

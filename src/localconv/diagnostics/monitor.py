@@ -154,10 +154,13 @@ def _signal(t: torch.Tensor) -> torch.Tensor:
     flat = t.detach().float().flatten(1)
     if flat.shape[0] < 2:
         return flat.new_zeros(())
-    # written out: the same (unbiased) variance as flat.var(dim=0), ~8x less CPU time than torch's
-    # reduction across rows for these wide, short matrices (a third of the monitor's cost)
-    centred = flat - flat.mean(dim=0)
-    return (centred.pow(2).sum(dim=0) / (flat.shape[0] - 1)).mean().sqrt()
+    # written out: the same (unbiased) variance as flat.var(dim=0), ~5x less CPU time than torch's
+    # reduction across rows for these wide, short matrices (a third of the monitor's cost). Shifted by
+    # the first image first, so that a unit equal for every image gives exactly 0, as var does (its
+    # mean would round): a layer fed a constant must keep an undefined gain, not a ratio of noise.
+    centred = flat - flat[:1]  # a new tensor: the rest is done in place (half the time again)
+    centred -= centred.mean(dim=0)
+    return centred.square_().sum(dim=0).div_(flat.shape[0] - 1).mean().sqrt()
 
 
 def _per_image_norm_rms(g: torch.Tensor) -> torch.Tensor:
