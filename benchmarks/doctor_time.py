@@ -5,10 +5,10 @@ tf-tutorial on the 2-core CPU machine).
 
 1. The command as a user runs it (``python -m localconv doctor --model tf-tutorial --conv2-std 1e-4``), as a
    subprocess, ``--runs`` times each: with an empty decoded-image cache (``cold``: the archives are read to
-   their end, only the ~6,000 images doctor uses are decoded, and the cache is not written) and with the cache
-   that ``train``/``eval`` leave (``warm``: the whole data decoded once beforehand). Wall and CPU seconds
+   their end and only the ~6,000 images doctor uses are decoded), with the subset entry an earlier doctor run
+   wrote (``subset``), and with the full entry that ``train``/``eval`` leave (``full``). Wall and CPU seconds
    (user+sys of the child) each, and the exit code (1 = the problem was named). The last line is the
-   acceptance figure: the median cold wall time.
+   acceptance figure: the median cold-cache wall time.
 2. The same work by phase, in this process: importing localconv's CLI and torch, loading the data (cold and
    warm cache), building the model, the watched training run (:func:`run_doctor`) and formatting the report;
    wall and CPU seconds of each (CPU > wall: several threads; CPU << wall: the machine is busy).
@@ -39,28 +39,32 @@ def _child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def whole_command(data: str, runs: int, threads: int) -> dict[str, Any]:
-    """Wall and CPU seconds of the CLI, ``runs`` times with a cold, then with a warm decoded-image cache."""
-    out: dict[str, Any] = {"exit_codes": []}
-    for kind in ("cold", "warm"):
-        walls, cpus = [], []
-        for _ in range(runs):
-            with tempfile.TemporaryDirectory(prefix="doctor-bench-") as cache:
-                if kind == "warm":
-                    from localconv.cli.common import load_data
+CACHE_KINDS = ("cold", "subset", "full")  # empty cache; doctor's own subset entry; the full entry of train/eval
 
-                    load_data(data, Path(cache), progress=False)  # what train/eval leave behind
-                cmd = [sys.executable, "-m", "localconv", *DOCTOR_ARGS, "--threads", str(threads), "--data", data,
-                       "--cache-dir", cache]
+
+def whole_command(data: str, runs: int, threads: int) -> dict[str, Any]:
+    """Wall and CPU seconds of the CLI, ``runs`` times with each kind of decoded-image cache."""
+    out: dict[str, Any] = {"exit_codes": []}
+    cmd = [sys.executable, "-m", "localconv", *DOCTOR_ARGS, "--threads", str(threads), "--data", data]
+    with tempfile.TemporaryDirectory(prefix="doctor-bench-") as scratch:
+        subset_cache, full_cache = Path(scratch, "subset"), Path(scratch, "full")
+        subprocess.run([*cmd, "--cache-dir", str(subset_cache)], capture_output=True, check=False)
+        fill = f"from localconv.cli.common import load_data; load_data({data!r}, {str(full_cache)!r}, progress=False)"
+        subprocess.run([sys.executable, "-c", fill], check=True)  # what train/eval leave behind
+        for kind in CACHE_KINDS:
+            walls, cpus = [], []
+            for i in range(runs):
+                cache = Path(scratch, f"cold-{i}") if kind == "cold" else subset_cache if kind == "subset" \
+                    else full_cache
                 t0, c0 = time.perf_counter(), _child_cpu()
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                proc = subprocess.run([*cmd, "--cache-dir", str(cache)], capture_output=True, text=True, check=False)
                 walls.append(time.perf_counter() - t0)
                 cpus.append(_child_cpu() - c0)
                 out["exit_codes"].append(proc.returncode)
                 out["report_head"] = proc.stdout.splitlines()[:2]
-        out[f"{kind}_wall_s"], out[f"{kind}_cpu_s"] = walls, cpus
-        out[f"{kind}_wall_median_s"] = statistics.median(walls)
-        out[f"{kind}_cpu_median_s"] = statistics.median(cpus)
+            out[f"{kind}_wall_s"], out[f"{kind}_cpu_s"] = walls, cpus
+            out[f"{kind}_wall_median_s"] = statistics.median(walls)
+            out[f"{kind}_cpu_median_s"] = statistics.median(cpus)
     return out
 
 
@@ -118,9 +122,9 @@ def main() -> int:
         print(json.dumps({"whole_command": whole, "phases": phases, "threads": args.threads}, indent=1))
         return 0
     print(f"localconv {' '.join(DOCTOR_ARGS)} --threads {args.threads}")
-    for kind in ("cold", "warm"):
-        print(f"  {kind} cache: wall {whole[f'{kind}_wall_median_s']:.1f} s, cpu {whole[f'{kind}_cpu_median_s']:.1f} s "
-              f"(medians of {args.runs})")
+    for kind in CACHE_KINDS:
+        print(f"  {kind + ' cache:':<14} wall {whole[f'{kind}_wall_median_s']:5.1f} s, cpu "
+              f"{whole[f'{kind}_cpu_median_s']:5.1f} s (medians of {args.runs})")
     print(f"  exit codes {whole['exit_codes']}")
     print("by phase (in-process):          wall s   cpu s")
     for name, row in phases.items():
