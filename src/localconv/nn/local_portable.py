@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 CPU_CHUNK_BYTES = 8 << 20  # fits in the heap glibc reuses (< 32 MiB mmap threshold) and in L3
+SCRATCH_MAX_BYTES = 64 << 20  # the per-thread CPU work buffer kept between calls (see _scratch)
 DEVICE_CHUNK_BYTES = 256 << 20  # CUDA: the caching allocator has no page-fault cost; fewer launches
 
 
@@ -80,15 +82,33 @@ def channels_last_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _padded_channels_last(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
-    """x as a contiguous ``[N, *padded spatial, C]`` tensor, zero padded."""
+def _padded_shape(geo: Geometry) -> tuple[int, ...]:
+    """``[N, *padded spatial, C]``."""
+    n, c = geo.input_shape[:2]
+    spatial = geo.input_shape[2:]
+    return (n, *(s + geo.pads[2 * i] + geo.pads[2 * i + 1] for i, s in enumerate(spatial)), c)
+
+
+def _padded_channels_last(x: torch.Tensor, pads: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """x as a contiguous ``[N, *padded spatial, C]`` tensor, zero padded (into ``out`` if given)."""
     x_cl = x.movedim(1, -1)
-    if not any(pads):
-        return x_cl.contiguous()
-    spec = [0, 0]
-    for dim in reversed(range(len(pads) // 2)):  # F.pad lists the last dimension first
-        spec += [pads[2 * dim], pads[2 * dim + 1]]
-    return F.pad(x_cl, spec)
+    if out is None:
+        if not any(pads):
+            return x_cl.contiguous()
+        spec = [0, 0]
+        for dim in reversed(range(len(pads) // 2)):  # F.pad lists the last dimension first
+            spec += [pads[2 * dim], pads[2 * dim + 1]]
+        return F.pad(x_cl, spec)
+    interior = [slice(None)]
+    for dim in range(len(pads) // 2):  # zero the borders only, then copy the interior
+        before, after, size = pads[2 * dim], pads[2 * dim + 1], out.shape[dim + 1]
+        if before:
+            out[(slice(None),) * (dim + 1) + (slice(0, before),)].zero_()
+        if after:
+            out[(slice(None),) * (dim + 1) + (slice(size - after, size),)].zero_()
+        interior.append(slice(before, size - after))
+    out[tuple(interior)].copy_(x_cl)
+    return out
 
 
 def _row_chunks(geo: Geometry, itemsize: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
@@ -103,6 +123,35 @@ def _chunk_bytes(device: torch.device, chunk_bytes: int | None) -> int:
     if chunk_bytes is not None:
         return chunk_bytes
     return CPU_CHUNK_BYTES if device.type == "cpu" else DEVICE_CHUNK_BYTES
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(like: torch.Tensor, *shapes: Sequence[int]) -> list[torch.Tensor]:
+    """Uninitialized work tensors of ``shapes`` (dtype and device of ``like``), never returned to callers.
+
+    On CPU they are views of one buffer per thread and dtype, kept between calls (at most
+    ``SCRATCH_MAX_BYTES``; larger requests allocate): a freshly allocated buffer of some MiB costs a
+    page fault per 4 KiB on first touch (glibc returns freed heap tops to the system), often more than
+    the work done in it. On other devices, plain allocations (the caching allocator already reuses)."""
+    numels = [math.prod(shape) for shape in shapes]
+    total = sum(numels)
+    if like.device.type != "cpu" or total * like.element_size() > SCRATCH_MAX_BYTES:
+        return [like.new_empty(tuple(shape)) for shape in shapes]
+    buffers = getattr(_scratch_local, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_local.buffers = {}
+    buffer = buffers.get(like.dtype)
+    if buffer is None or buffer.numel() < total:
+        buffers.pop(like.dtype, None)  # free the old one first
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buffer = buffers[like.dtype] = torch.empty(total, dtype=like.dtype)
+    views, offset = [], 0
+    for shape, numel in zip(shapes, numels):
+        views.append(buffer[offset:offset + numel].view(tuple(shape)))
+        offset += numel
+    return views
 
 
 def _gather_columns(xp: torch.Tensor, geo: Geometry, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
@@ -129,14 +178,18 @@ def _gather_columns(xp: torch.Tensor, geo: Geometry, r0: int, r1: int, out: torc
     return out
 
 
-def _weight_columns(weight_rows: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """``[rows, *rest, O, C/g, *kernel]`` -> ``[rows*L'*g, O/g, K/g]``, K in (*kernel, c) order (a copy:
-    one batched transpose ``[P*O, C/g, taps] -> [P*O, taps, C/g]``)."""
+def _weight_columns(weight_rows: torch.Tensor, geo: Geometry, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``[rows, *rest, O, C/g, *kernel]`` -> ``[rows*L'*g, O/g, K/g]``, K in (*kernel, c) order (a copy, into
+    ``out`` if given: one batched transpose ``[P*O, C/g, taps] -> [P*O, taps, C/g]``)."""
     d, g = geo.dims, geo.groups
     positions = math.prod(weight_rows.shape[:d])
     cg = geo.input_shape[1] // g
-    w = weight_rows.reshape(positions * geo.out_channels, cg, geo.taps).transpose(1, 2).contiguous()
-    return w.view(positions * g, geo.out_channels // g, geo.group_k)
+    source = weight_rows.reshape(positions * geo.out_channels, cg, geo.taps).transpose(1, 2)
+    if out is None:
+        out = source.contiguous()
+    else:
+        out.view(positions * geo.out_channels, geo.taps, cg).copy_(source)
+    return out.view(positions * g, geo.out_channels // g, geo.group_k)
 
 
 def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -146,23 +199,34 @@ def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
     return _gather_columns(xp, geo, 0, geo.out_size[0], out)
 
 
+def _chunk_positions(geo: Geometry, chunk_bytes: int | None, device: torch.device, itemsize: int
+                     ) -> tuple[list[tuple[int, int]], int]:
+    """The row chunks and the largest chunk's number of GEMMs (positions * groups)."""
+    chunks = list(_row_chunks(geo, itemsize, _chunk_bytes(device, chunk_bytes)))
+    per_row = math.prod(geo.out_size[1:]) * geo.groups
+    return chunks, max(r1 - r0 for r0, r1 in chunks) * per_row
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: Geometry,
             memory_format: torch.memory_format, cols: torch.Tensor | None = None,
             chunk_bytes: int | None = None) -> torch.Tensor:
     """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared); ``cols`` skips the gathering."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
     per_row = math.prod(geo.out_size[1:])
-    y = x.new_empty((geo.positions * g, n, o // g))
-    xp = _padded_channels_last(x, geo.pads) if cols is None else None
-    buffer = None
-    for r0, r1 in _row_chunks(geo, x.element_size(), _chunk_bytes(x.device, chunk_bytes)):
+    chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
+    shapes = [(geo.positions * g, n, o // g), (most, o // g, geo.group_k)]
+    if cols is None:
+        shapes += [(most, n, geo.group_k), _padded_shape(geo)]
+    y, w_cols, *rest = _scratch(x, *shapes)
+    if cols is None:
+        buffer, xp = rest[0], _padded_channels_last(x, geo.pads, rest[1])
+    for r0, r1 in chunks:
         l0, l1 = r0 * per_row * g, r1 * per_row * g
         if cols is not None:
             chunk = cols[l0:l1]
         else:
-            buffer = buffer if buffer is not None else x.new_empty((l1 - l0, n, geo.group_k))
             chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-        torch.bmm(chunk, _weight_columns(weight[r0:r1], geo).transpose(1, 2), out=y[l0:l1])
+        torch.bmm(chunk, _weight_columns(weight[r0:r1], geo, w_cols[:l1 - l0]).transpose(1, 2), out=y[l0:l1])
     # [L, g, N, O/g] memory seen as [N, g, O/g, L]
     y_view = y.view(geo.positions, g, n, o // g).permute(2, 1, 3, 0)
     out = torch.empty((n, o, *geo.out_size), dtype=y.dtype, device=y.device, memory_format=memory_format)
@@ -175,12 +239,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     return out
 
 
-def _grad_rows(grad_out: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """``grad_out [N, O, *out]`` as a contiguous ``[L*g, N, O/g]`` (a copy: the bmm operands must be
-    plain or transposed matrices, else torch copies each one of the batch)."""
+def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
+    """``grad_out [N, O, *out]`` as a contiguous ``[L*g, O/g, N]`` in ``out`` (a copy). Both backward GEMMs
+    take it as is or transposed: torch copies each matrix of a bmm operand that is neither, and MKL
+    runs both GEMMs faster from this layout than from ``[L*g, N, O/g]``."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
-    rows = grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 0, 2)
-    return rows.contiguous().view(geo.positions * g, n, o // g)
+    rows = grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 2, 0)
+    out.view(geo.positions, g, o // g, n).copy_(rows)
+    return out
 
 
 def grad_weight(grad_out: torch.Tensor, x: torch.Tensor | None, geo: Geometry, cols: torch.Tensor | None = None,
@@ -204,27 +270,27 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
     per_row, rest = math.prod(geo.out_size[1:]), geo.out_size[1:]
     before = geo.pads[0::2]
-    grad_rows = _grad_rows(grad_out, geo)
-    xp = _padded_channels_last(x, geo.pads) if need_weight and cols is None else None
-    weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
-    grad_w = grad_out.new_empty(weight_shape) if need_weight else None
-    padded = [s + geo.pads[2 * i] + geo.pads[2 * i + 1] for i, s in enumerate(spatial)]
-    grid = grad_out.new_zeros((n, *padded, c)) if need_input else None
-    buffer = grad_w_rows = None
-    for r0, r1 in _row_chunks(geo, grad_out.element_size(), _chunk_bytes(grad_out.device, chunk_bytes)):
+    chunks, most = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
+    gather = need_weight and cols is None
+    shapes = [(geo.positions * g, o // g, n), (most, n, geo.group_k), (most, o // g, geo.group_k)]
+    shapes += [_padded_shape(geo)] * (int(gather) + int(need_input))
+    grad_rows, buffer, w_rows, *grids = _scratch(grad_out, *shapes)
+    grad_rows = _grad_rows(grad_out, geo, grad_rows)
+    xp = _padded_channels_last(x, geo.pads, grids.pop()) if gather else None
+    grad_w = grad_out.new_empty((*geo.out_size, o, c // g, *geo.kernel)) if need_weight else None
+    grid = grids.pop().zero_() if need_input else None
+    for r0, r1 in chunks:
         l0, l1, rows = r0 * per_row * g, r1 * per_row * g, r1 - r0
-        if buffer is None:
-            buffer = grad_out.new_empty((l1 - l0, n, geo.group_k))  # columns, then their gradient
-            grad_w_rows = grad_out.new_empty((l1 - l0, o // g, geo.group_k)) if need_weight else None
-        if need_weight:
+        if need_weight:  # w_rows: the weight gradient of the chunk's positions
             chunk = cols[l0:l1] if cols is not None else _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-            torch.bmm(grad_rows[l0:l1].transpose(1, 2), chunk, out=grad_w_rows[:l1 - l0])
+            torch.bmm(grad_rows[l0:l1], chunk, out=w_rows[:l1 - l0])
             # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
             positions = (l1 - l0) // g
-            gw = grad_w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
+            gw = w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
             grad_w[r0:r1].view(positions * o, c // g, geo.taps).copy_(gw.transpose(1, 2))
-        if need_input:
-            grad_cols = torch.bmm(grad_rows[l0:l1], _weight_columns(weight[r0:r1], geo), out=buffer[:l1 - l0])
+        if need_input:  # w_rows: the weight columns of the chunk's positions
+            w_cols = _weight_columns(weight[r0:r1], geo, w_rows[:l1 - l0])
+            grad_cols = torch.bmm(grad_rows[l0:l1].transpose(1, 2), w_cols, out=buffer[:l1 - l0])
             taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, c // g)
             for tap in itertools.product(*(range(k) for k in geo.kernel)):
                 starts = [tap[0] * geo.dilation[0] + r0 * geo.stride[0],
@@ -235,7 +301,8 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
                 source = taps[(Ellipsis, *tap, slice(None))]  # [rows, *rest, g, N, C/g]
                 target += source.permute(d + 1, *range(d + 1), d + 2)
     grad_x = None
-    if need_input:
+    if need_input:  # a copy out of the scratch grid
         inner = grid[(slice(None), *(slice(b, b + s) for b, s in zip(before, spatial)))]
-        grad_x = inner.movedim(-1, 1).contiguous(memory_format=memory_format)
+        grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
+        grad_x.copy_(inner.movedim(-1, 1))
     return grad_x, grad_w
