@@ -13,7 +13,8 @@ tf-tutorial on the 2-core CPU machine).
    warm cache), building the model, the watched training run (:func:`run_doctor`) and formatting the report;
    wall and CPU seconds of each (CPU > wall: several threads; CPU << wall: the machine is busy).
 
-``--threads N`` is passed to doctor's ``--threads`` (default 1, as doctor; 0: torch's default, one per core).
+``--threads N`` is passed to doctor's ``--threads`` (default 0: not passed, doctor's own choice of one thread per
+idle core; in the by-phase part that choice is made the same way, over the data phases).
 Measure on a quiet machine: on a shared one wall times say little, CPU times more.
 """
 from __future__ import annotations
@@ -45,7 +46,8 @@ CACHE_KINDS = ("cold", "subset", "full")  # empty cache; doctor's own subset ent
 def whole_command(data: str, runs: int, threads: int) -> dict[str, Any]:
     """Wall and CPU seconds of the CLI, ``runs`` times with each kind of decoded-image cache."""
     out: dict[str, Any] = {"exit_codes": []}
-    cmd = [sys.executable, "-m", "localconv", *DOCTOR_ARGS, "--threads", str(threads), "--data", data]
+    cmd = [sys.executable, "-m", "localconv", *DOCTOR_ARGS, *(["--threads", str(threads)] if threads else []),
+           "--data", data]
     with tempfile.TemporaryDirectory(prefix="doctor-bench-") as scratch:
         subset_cache, full_cache = Path(scratch, "subset"), Path(scratch, "full")
         subprocess.run([*cmd, "--cache-dir", str(subset_cache)], capture_output=True, check=False)
@@ -89,8 +91,10 @@ def by_phase(data: str, threads: int) -> dict[str, dict[str, float]]:
         from localconv.cli.common import load_data
         from localconv.data import load_training_subset
         from localconv.diagnostics.doctor import DoctorOptions, doctor_images, run_doctor
+        from localconv.diagnostics.idle_cores import IdleCores
         from localconv.models import create_model
     options = DoctorOptions(device="cpu", threads=threads)
+    idle = IdleCores()
     with tempfile.TemporaryDirectory(prefix="doctor-bench-") as cache:
         with phases.time("data, cold cache (subset)"):
             load_training_subset(lambda n: doctor_images(n, options), data, Path(cache), progress=False)
@@ -101,11 +105,13 @@ def by_phase(data: str, threads: int) -> dict[str, dict[str, float]]:
     with phases.time("model"):
         torch.manual_seed(0)
         model = create_model("tf-tutorial", conv2_std=1e-4)
+    options.threads = options.threads or idle.threads(torch.get_num_threads())
     with phases.time("watched training + checks"):
         report = run_doctor(model, d.images, d.labels, options, classes=d.classes, subset_of=d.total)
     with phases.time("report"):
         report.format()
     phases.rows["(verdict: exit code)"] = {"wall_s": float(report.exit_code), "cpu_s": float("nan")}
+    phases.rows["(threads of the run)"] = {"wall_s": float(options.threads), "cpu_s": float("nan")}
     return phases.rows
 
 
@@ -113,7 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 as `localconv doctor --data` takes it")
     parser.add_argument("--runs", type=int, default=2, help="warm-cache runs of the whole command (default: 2)")
-    parser.add_argument("--threads", type=int, default=1, help="doctor --threads (default: 1; 0 = torch's choice)")
+    parser.add_argument("--threads", type=int, default=0, help="doctor --threads (default: 0 = doctor's choice)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     whole = whole_command(args.data, args.runs, args.threads)
@@ -121,7 +127,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({"whole_command": whole, "phases": phases, "threads": args.threads}, indent=1))
         return 0
-    print(f"localconv {' '.join(DOCTOR_ARGS)} --threads {args.threads}")
+    print(f"localconv {' '.join(DOCTOR_ARGS)}" + (f" --threads {args.threads}" if args.threads else ""))
     for kind in CACHE_KINDS:
         print(f"  {kind + ' cache:':<14} wall {whole[f'{kind}_wall_median_s']:5.1f} s, cpu "
               f"{whole[f'{kind}_cpu_median_s']:5.1f} s (medians of {args.runs})")

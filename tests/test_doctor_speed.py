@@ -153,3 +153,20 @@ def test_optimizer_does_not_import_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("others, expected", [(0.0, 2), (0.3, 2), (0.7, 1), (1.0, 1), (5.0, 1), (None, 2)])
+def test_doctor_uses_one_thread_per_idle_core(others, expected, monkeypatch):
+    """Spinning threads on busy cores cost several times the CPU time: other processes' load lowers the count."""
+    from localconv.diagnostics import idle_cores
+
+    clock = {"busy": 100.0, "own": 10.0, "wall": 50.0}
+    monkeypatch.setattr(idle_cores, "_machine_busy_s", lambda: None if others is None else clock["busy"])
+    monkeypatch.setattr(idle_cores, "_own_cpu_s", lambda: clock["own"])
+    monkeypatch.setattr(idle_cores.time, "monotonic", lambda: clock["wall"])
+    probe = idle_cores.IdleCores()
+    clock["wall"] += 2.0
+    clock["own"] += 1.9  # this process, loading the data on one core
+    clock["busy"] += 1.9 + 2.0 * (others or 0.0)
+    assert probe.threads(2) == expected
+    assert probe.threads(1) == 1

@@ -36,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (TF models, fast recipe)")
     p.add_argument("--lr-scale", type=positive_float, default=1.0, help="multiply every learning rate")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the initialization and of the data order")
-    p.add_argument("--threads", type=non_negative_int, default=d.threads,
-                   help="torch CPU threads for the run (0: as many as torch chooses, one per core)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads for the run (default: one per core that other processes leave idle, "
+                        "measured while the data loads; at least 1)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = DoctorOptions(steps=args.steps, batch_size=args.batch_size, limit_train=args.limit_train,
                             val_images=args.val_images, every=args.every, recipe=args.recipe, lr=args.lr,
-                            lr_scale=args.lr_scale, seed=args.seed, device=args.device, threads=args.threads,
+                            lr_scale=args.lr_scale, seed=args.seed, device=args.device, threads=args.threads or 0,
                             progress=args.progress)
     options.validate()  # usage errors first: they answer before torch is imported
     check_model_choice(args)
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_training_subset
     from ..diagnostics.doctor import doctor_images, run_doctor
+    from ..diagnostics.idle_cores import IdleCores
 
+    idle = IdleCores()  # measured while the data loads: how busy the other processes keep the machine
     torch.manual_seed(args.seed)
     model = model_from_args(args)
     # only the ~6,000 images the run uses are decoded on a cold cache (a warm one is used as it is)
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                                 progress=args.progress, labels=read["labels"], resize=read["resize"] or "none",
                                 dataset=read["dataset"] or "cifar10")
     fit_model_to_classes(model, data.classes)  # the head follows the data's class count, as in train
+    if not options.threads:
+        options.threads = idle.threads(torch.get_num_threads())
     report = run_doctor(model, data.images, data.labels, options, classes=data.classes, subset_of=data.total)
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))

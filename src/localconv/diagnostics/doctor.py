@@ -145,11 +145,8 @@ def format_report(report: DoctorReport) -> str:
 
 @contextlib.contextmanager
 def _cpu_threads(threads: int) -> Iterator[None]:
-    """torch's CPU threads set to ``threads`` (0: left as they are) for the run, then restored.
-
-    The doctor's steps are small (batches of 32): a second thread gains little on a quiet machine, and
-    on a busy one threads that spin while waiting for each other cost several times the CPU time.
-    """
+    """torch's CPU threads set to ``threads`` (0: left as they are) for the run, then restored
+    (``localconv doctor`` picks one per idle core: see :mod:`.idle_cores`)."""
     import torch
 
     before = torch.get_num_threads()

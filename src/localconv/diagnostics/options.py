@@ -21,7 +21,7 @@ class DoctorOptions:
     lr_scale: float = 1.0
     seed: int = 0
     device: str = "auto"
-    threads: int = 1             # torch CPU threads during the run (0: torch's default); see doctor._cpu_threads
+    threads: int = 0             # torch CPU threads during the run (0: as they are); the CLI picks (idle_cores)
     progress: bool = False
 
     def validate(self) -> None:
