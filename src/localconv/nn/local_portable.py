@@ -185,11 +185,32 @@ def _weight_columns(weight_rows: torch.Tensor, geo: Geometry, out: torch.Tensor 
     positions = math.prod(weight_rows.shape[:d])
     cg = geo.input_shape[1] // g
     source = weight_rows.reshape(positions * geo.out_channels, cg, geo.taps).transpose(1, 2)
-    if out is None:
+    if source.is_contiguous():  # a weight stored taps-last (see taps_last_weight): no copy
+        out = source
+    elif out is None:
         out = source.contiguous()
     else:
         out.view(positions * geo.out_channels, geo.taps, cg).copy_(source)
     return out.view(positions * g, geo.out_channels // g, geo.group_k)
+
+
+def taps_last_order(dims: int) -> tuple[int, ...]:
+    """The permutation of a weight ``[*out, O, C/g, *kernel]`` to ``[*out, O, *kernel, C/g]``."""
+    return (*range(dims + 1), *range(dims + 2, 2 * dims + 2), dims + 1)
+
+
+def taps_last_weight(weight: torch.Tensor, dims: int) -> torch.Tensor:
+    """A copy of ``weight`` (same shape and values) whose memory is in ``[*out, O, *kernel, C/g]`` order,
+    the order of the GEMMs' K: with it, forward and backward skip the weight's per-call transposes
+    (``[P*O, C/g, taps] <-> [P*O, taps, C/g]``), and the fused backward returns the weight gradient in
+    the same memory order (what autograd keeps for such a parameter)."""
+    order = taps_last_order(dims)
+    inverse = tuple(order.index(i) for i in range(len(order)))
+    return weight.permute(order).contiguous().permute(inverse)
+
+
+def _is_taps_last(weight: torch.Tensor, dims: int) -> bool:
+    return weight.permute(taps_last_order(dims)).is_contiguous()
 
 
 def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -277,17 +298,28 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     grad_rows, buffer, w_rows, *grids = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, grad_rows)
     xp = _padded_channels_last(x, geo.pads, grids.pop()) if gather else None
-    grad_w = grad_out.new_empty((*geo.out_size, o, c // g, *geo.kernel)) if need_weight else None
+    weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
+    # A taps-last weight gets a taps-last gradient, written by the GEMMs in place (no transposes).
+    taps_last = need_weight and weight is not None and _is_taps_last(weight, d)
+    grad_w = grad_out.new_empty(weight_shape) if need_weight and not taps_last else None
+    if taps_last:
+        order = taps_last_order(d)
+        grad_w_mem = grad_out.new_empty([weight_shape[i] for i in order])
+        grad_w = grad_w_mem.permute(tuple(order.index(i) for i in range(len(order))))
+        grad_w_rows = grad_w_mem.view(geo.positions * g, o // g, geo.group_k)
     grid = grids.pop().zero_() if need_input else None
     for r0, r1 in chunks:
         l0, l1, rows = r0 * per_row * g, r1 * per_row * g, r1 - r0
         if need_weight:  # w_rows: the weight gradient of the chunk's positions
             chunk = cols[l0:l1] if cols is not None else _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-            torch.bmm(grad_rows[l0:l1], chunk, out=w_rows[:l1 - l0])
-            # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
-            positions = (l1 - l0) // g
-            gw = w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
-            grad_w[r0:r1].view(positions * o, c // g, geo.taps).copy_(gw.transpose(1, 2))
+            if taps_last:
+                torch.bmm(grad_rows[l0:l1], chunk, out=grad_w_rows[l0:l1])
+            else:
+                torch.bmm(grad_rows[l0:l1], chunk, out=w_rows[:l1 - l0])
+                # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
+                positions = (l1 - l0) // g
+                gw = w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
+                grad_w[r0:r1].view(positions * o, c // g, geo.taps).copy_(gw.transpose(1, 2))
         if need_input:  # w_rows: the weight columns of the chunk's positions
             w_cols = _weight_columns(weight[r0:r1], geo, w_rows[:l1 - l0])
             grad_cols = torch.bmm(grad_rows[l0:l1].transpose(1, 2), w_cols, out=buffer[:l1 - l0])
