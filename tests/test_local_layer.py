@@ -309,3 +309,32 @@ def test_package_works_without_triton() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
+# (spatial size, kernel, stride, padding, dilation, groups): 1-D, 2-D (grouped, strided, dilated), 3-D
+TAPS_LAST_CASES = [((9,), (3,), (2,), 1, (1,), 1), ((7, 6), (3, 2), (1, 2), 1, (2, 1), 2),
+                   ((6, 6), (3, 3), (1, 1), 1, (1, 1), 1), ((4, 5, 4), (2, 3, 2), (1, 1, 2), 0, (1, 1, 1), 1)]
+
+
+@pytest.mark.parametrize("case", TAPS_LAST_CASES, ids=lambda c: f"{len(c[0])}d-g{c[5]}")
+def test_taps_last_weight_is_bit_identical_and_keeps_its_gradient_layout(case: tuple) -> None:
+    # local_portable.taps_last_weight: the same values in [*out, O, *kernel, C/g] memory order; the
+    # portable backend then skips its weight transposes. Output and gradients must not change at all,
+    # and the eager first-order gradient comes back in the weight's memory order (autograd keeps it).
+    size, kernel, stride, padding, dilation, groups = case
+    d, n, c, o = len(size), 3, 4, 6
+    gen = torch.Generator().manual_seed(1)
+    out = [(s + 2 * padding - dl * (k - 1) - 1) // st + 1 for s, k, st, dl in zip(size, kernel, stride, dilation)]
+    x = torch.randn(n, c, *size, generator=gen, requires_grad=True)
+    weight = torch.randn(*out, o, c // groups, *kernel, generator=gen)
+    bias = torch.randn(o, *out, generator=gen)
+    results = []
+    for w in (weight.clone(), local_portable.taps_last_weight(weight, d)):
+        w.requires_grad_()
+        y = local_functional.local_conv(x, w, bias, stride, padding, dilation, groups, backend="portable")
+        gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        results.append((y, gx, gw, w))
+    (y0, gx0, gw0, w0), (y1, gx1, gw1, w1) = results
+    assert not w1.is_contiguous() and torch.equal(w0, w1)
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1) and torch.equal(gw0, gw1)
+    assert gw1.stride() == w1.stride() and gw0.is_contiguous()
