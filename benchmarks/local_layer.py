@@ -9,8 +9,10 @@ Every figure is a ratio against a baseline measured in the same run, on the same
   conv2d         F.conv2d, shared weights: the lower bound (target: localconv <= 1.5x on GPU, <= 2x on CPU)
   snippet        the widely copied broadcast-multiply LocallyConnected2d (N*O*C*L*k^2 temporary)
   unfold-einsum  F.unfold + einsum with plain autograd (the einsum runs as one bmm over positions: unfold+bmm)
-Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns) and, on CUDA,
-local-triton (fused kernels).
+Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns; what the layer
+uses on CPU, its ratio is the acceptance figure), local-portable-tapslast (the same with the weight
+stored in [*out, O, kh, kw, C] memory order, local_portable.taps_last_weight: no per-call weight
+transposes) and, on CUDA, local-triton (fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from localconv.nn.functional import local_conv2d
+from localconv.nn.local_portable import taps_last_weight
 
 BASELINES = ("conv2d", "unfold-einsum", "snippet")
 
@@ -72,7 +75,7 @@ def benchmark_shapes(quick: bool = False) -> list[Shape]:
 
 
 def local_methods(device: str) -> list[str]:
-    return ["local-portable"] + (["local-triton"] if device == "cuda" else [])
+    return ["local-portable", "local-portable-tapslast"] + (["local-triton"] if device == "cuda" else [])
 
 
 def default_local_method(device: str) -> str:
@@ -127,8 +130,10 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
         params = [param(out, out, s.o, s.c, k, k), param(s.o, out, out)]
         if method == "unfold-einsum":
             forward = lambda: unfold_einsum_forward(x, params[0], params[1], k, pad)  # noqa: E731
-        elif method in ("local-portable", "local-triton"):
+        elif method in ("local-portable", "local-triton", "local-portable-tapslast"):
             backend = method.split("-")[1]
+            if method.endswith("tapslast"):  # the same weight values stored [*out, O, kh, kw, C]
+                params[0] = taps_last_weight(params[0].detach(), 2).requires_grad_()
             forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731
         else:
             raise ValueError(f"unknown method {method!r}")
@@ -388,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlocalconv = {local} (what backend='auto' uses on {args.device}); fwd+bwd, fp32, "
           f"{args.statistic} time over rounds")
     print(format_ratio_table(rows))
+    taps_last_rows = ratio_rows(records, "local-portable-tapslast", "seconds_min" if args.statistic == "min"
+                                else "seconds") if args.device == "cpu" else []
+    if taps_last_rows:
+        print("\nlocalconv = local-portable-tapslast (weight stored [*out, O, kh, kw, C]; not the layer's default):")
+        print(format_ratio_table(taps_last_rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "torch": torch.__version__,

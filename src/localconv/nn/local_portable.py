@@ -260,13 +260,22 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     return out
 
 
-def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
-    """``grad_out [N, O, *out]`` as a contiguous ``[L*g, O/g, N]`` in ``out`` (a copy). Both backward GEMMs
-    take it as is or transposed: torch copies each matrix of a bmm operand that is neither, and MKL
-    runs both GEMMs faster from this layout than from ``[L*g, N, O/g]``."""
+def _grad_rows(grad_out: torch.Tensor, geo: Geometry, scratch: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``grad_out [N, O, *out]`` as ``[L*g, O/g, N]`` (rows of N contiguous). Both backward GEMMs take it
+    as is or transposed (torch copies each matrix of a bmm operand that is neither), and MKL runs both
+    faster from this layout than from ``[L*g, N, O/g]``.
+
+    The reversal ``[N, O, L] -> [L, O, N]`` done as one strided copy walks memory with a stride of
+    ``O*L`` values in its inner loop (many times slower at N=512); instead: one 2-D transpose
+    ``[N, O*L] -> [O*L, N]`` into ``scratch`` (torch's blocked transpose copy), then, with one group, a
+    strided view (bmm accepts a leading dimension of L*N), else a copy of runs of N into ``out``."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
-    rows = grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 2, 0)
-    out.view(geo.positions, g, o // g, n).copy_(rows)
+    flat = grad_out.reshape(n, o * geo.positions)
+    scratch.view(o * geo.positions, n).copy_(flat.t())
+    by_position = scratch.view(g, o // g, geo.positions, n).permute(2, 0, 1, 3)  # [L, g, O/g, N]
+    if g == 1:
+        return by_position.squeeze(1)
+    out.view(geo.positions, g, o // g, n).copy_(by_position)
     return out
 
 
@@ -293,10 +302,11 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     before = geo.pads[0::2]
     chunks, most = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
     gather = need_weight and cols is None
-    shapes = [(geo.positions * g, o // g, n), (most, n, geo.group_k), (most, o // g, geo.group_k)]
+    shapes = [(geo.positions * g, o // g, n), (most, n, geo.group_k), (most, o // g, geo.group_k),
+              (geo.positions * o, n)]
     shapes += [_padded_shape(geo)] * (int(gather) + int(need_input))
-    grad_rows, buffer, w_rows, *grids = _scratch(grad_out, *shapes)
-    grad_rows = _grad_rows(grad_out, geo, grad_rows)
+    grad_rows, buffer, w_rows, transposed, *grids = _scratch(grad_out, *shapes)
+    grad_rows = _grad_rows(grad_out, geo, transposed, grad_rows)
     xp = _padded_channels_last(x, geo.pads, grids.pop()) if gather else None
     weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
     # A taps-last weight gets a taps-last gradient, written by the GEMMs in place (no transposes).
