@@ -9,10 +9,11 @@ Every figure is a ratio against a baseline measured in the same run, on the same
   conv2d         F.conv2d, shared weights: the lower bound (target: localconv <= 1.5x on GPU, <= 2x on CPU)
   snippet        the widely copied broadcast-multiply LocallyConnected2d (N*O*C*L*k^2 temporary)
   unfold-einsum  F.unfold + einsum with plain autograd (the einsum runs as one bmm over positions: unfold+bmm)
-Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns; what the layer
-uses on CPU, its ratio is the acceptance figure), local-portable-tapslast (the same with the weight
-stored in [*out, O, kh, kw, C] memory order, local_portable.taps_last_weight: no per-call weight
-transposes) and, on CUDA, local-triton (fused kernels).
+Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns; on CPU with the
+weight stored as LocallyConnected2d stores it there, taps-last: [*out, O, kh, kw, C] memory order, no
+per-call weight transposes; its ratio is the acceptance figure), local-portable-contiguous (the same
+with a plain contiguous weight, as a user of the functional local_conv2d may pass) and, on CUDA,
+local-triton (fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -75,7 +76,7 @@ def benchmark_shapes(quick: bool = False) -> list[Shape]:
 
 
 def local_methods(device: str) -> list[str]:
-    return ["local-portable", "local-portable-tapslast"] + (["local-triton"] if device == "cuda" else [])
+    return ["local-portable", "local-portable-contiguous"] + (["local-triton"] if device == "cuda" else [])
 
 
 def default_local_method(device: str) -> str:
@@ -130,9 +131,9 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
         params = [param(out, out, s.o, s.c, k, k), param(s.o, out, out)]
         if method == "unfold-einsum":
             forward = lambda: unfold_einsum_forward(x, params[0], params[1], k, pad)  # noqa: E731
-        elif method in ("local-portable", "local-triton", "local-portable-tapslast"):
+        elif method in ("local-portable", "local-triton", "local-portable-contiguous"):
             backend = method.split("-")[1]
-            if method.endswith("tapslast"):  # the same weight values stored [*out, O, kh, kw, C]
+            if method == "local-portable" and device == "cpu":  # the weight as LocallyConnected2d stores it
                 params[0] = taps_last_weight(params[0].detach(), 2).requires_grad_()
             forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731
         else:
@@ -393,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlocalconv = {local} (what backend='auto' uses on {args.device}); fwd+bwd, fp32, "
           f"{args.statistic} time over rounds")
     print(format_ratio_table(rows))
-    taps_last_rows = ratio_rows(records, "local-portable-tapslast", "seconds_min" if args.statistic == "min"
-                                else "seconds") if args.device == "cpu" else []
-    if taps_last_rows:
-        print("\nlocalconv = local-portable-tapslast (weight stored [*out, O, kh, kw, C]; not the layer's default):")
-        print(format_ratio_table(taps_last_rows))
+    contiguous_rows = ratio_rows(records, "local-portable-contiguous", "seconds_min" if args.statistic == "min"
+                                 else "seconds") if args.device == "cpu" else []
+    if contiguous_rows:
+        print("\nlocalconv = local-portable-contiguous (a plain contiguous weight, e.g. through local_conv2d):")
+        print(format_ratio_table(contiguous_rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "torch": torch.__version__,

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from . import local_portable
 from .functional import BACKENDS, local_conv
 from .local_args import check_init_std, ntuple, output_size, padding_pairs
 
@@ -108,14 +109,19 @@ class _LocallyConnectedNd(nn.Module):
             if self.bias is not None:
                 self.bias.materialize(bias_shape, **{k: v for k, v in factory.items() if v is not None})
             return
-        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        weight = torch.empty(shape, **factory)
+        if weight.device.type == "cpu":  # memory in the portable backend's GEMM order: no per-call transposes
+            weight = local_portable.taps_last_empty(shape, self._dims, **factory)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.empty(bias_shape, **factory)) if bias else None
 
     def reset_parameters(self) -> None:
         """weight ~ N(0, init_std^2) (not truncated, as cuda-convnet); bias = 0."""
         if isinstance(self.weight, UninitializedParameter):
             return
-        nn.init.normal_(self.weight, std=self.init_std)
+        with torch.no_grad():  # drawn in logical order: the values do not depend on the memory layout
+            self.weight.copy_(nn.init.normal_(torch.empty(self.weight.shape, dtype=self.weight.dtype,
+                                                          device=self.weight.device), std=self.init_std))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

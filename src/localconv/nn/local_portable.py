@@ -209,6 +209,15 @@ def taps_last_weight(weight: torch.Tensor, dims: int) -> torch.Tensor:
     return weight.permute(order).contiguous().permute(inverse)
 
 
+def taps_last_empty(shape: Sequence[int], dims: int, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialized weight of logical ``shape`` ``[*out, O, C/g, *kernel]`` stored taps-last
+    (see :func:`taps_last_weight`)."""
+    order = taps_last_order(dims)
+    inverse = tuple(order.index(i) for i in range(len(order)))
+    return torch.empty([shape[i] for i in order], device=device, dtype=dtype).permute(inverse)
+
+
 def _is_taps_last(weight: torch.Tensor, dims: int) -> bool:
     return weight.permute(taps_last_order(dims)).is_contiguous()
 
