@@ -313,10 +313,13 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     gather = need_weight and cols is None
     shapes = [(geo.positions * g, o // g, n), (most, n, geo.group_k), (most, o // g, geo.group_k),
               (geo.positions * o, n)]
-    shapes += [_padded_shape(geo)] * (int(gather) + int(need_input))
+    padded = _padded_shape(geo)  # [N, *padded, C]
+    # the input gradient accumulates in a [*padded, N, C] grid: the layout of the column gradients'
+    # taps ([rows, *rest, N, C]), so that each tap's add runs over contiguous N*C slabs
+    shapes += [padded] * int(gather) + [(*padded[1:-1], n, c)] * int(need_input)
     grad_rows, buffer, w_rows, transposed, *grids = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, transposed, grad_rows)
-    xp = _padded_channels_last(x, geo.pads, grids.pop()) if gather else None
+    xp = _padded_channels_last(x, geo.pads, grids[0]) if gather else None
     weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
     # A taps-last weight gets a taps-last gradient, written by the GEMMs in place (no transposes).
     taps_last = need_weight and weight is not None and _is_taps_last(weight, d)
@@ -326,7 +329,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
         grad_w_mem = grad_out.new_empty([weight_shape[i] for i in order])
         grad_w = grad_w_mem.permute(tuple(order.index(i) for i in range(len(order))))
         grad_w_rows = grad_w_mem.view(geo.positions * g, o // g, geo.group_k)
-    grid = grids.pop().zero_() if need_input else None
+    grid = grids[-1].zero_() if need_input else None
     for r0, r1 in chunks:
         l0, l1, rows = r0 * per_row * g, r1 * per_row * g, r1 - r0
         if need_weight:  # w_rows: the weight gradient of the chunk's positions
@@ -346,14 +349,17 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
             for tap in itertools.product(*(range(k) for k in geo.kernel)):
                 starts = [tap[0] * geo.dilation[0] + r0 * geo.stride[0],
                           *(t * dl for t, dl in zip(tap[1:], geo.dilation[1:]))]
-                index = (slice(None), *(slice(s0, s0 + st * (m - 1) + 1, st)
-                                        for s0, st, m in zip(starts, geo.stride, (rows, *rest))))
-                target = grid[index].unflatten(-1, (g, c // g))  # [N, rows, *rest, g, C/g]
+                index = tuple(slice(s0, s0 + st * (m - 1) + 1, st)
+                              for s0, st, m in zip(starts, geo.stride, (rows, *rest)))
+                target = grid[index]  # [rows, *rest, N, C]
                 source = taps[(Ellipsis, *tap, slice(None))]  # [rows, *rest, g, N, C/g]
-                target += source.permute(d + 1, *range(d + 1), d + 2)
+                if g == 1:
+                    target += source.squeeze(d)
+                else:
+                    target.unflatten(-1, (g, c // g)).add_(source.transpose(d, d + 1))
     grad_x = None
     if need_input:  # a copy out of the scratch grid
-        inner = grid[(slice(None), *(slice(b, b + s) for b, s in zip(before, spatial)))]
+        inner = grid[tuple(slice(b, b + s) for b, s in zip(before, spatial))]  # [*S, N, C]
         grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
-        grad_x.copy_(inner.movedim(-1, 1))
+        grad_x.copy_(inner.permute(d, d + 1, *range(d)))
     return grad_x, grad_w
