@@ -218,7 +218,7 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
     say = (lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else (lambda msg: None)  # noqa: E731
     world = f" x {dist_ctx.world_size} processes" if dist_ctx else ""
     try:  # from here on, every way out releases the lock (and cleans up a run that never checkpointed)
-        say(f"training {info['n_train']} images, {trainer.epochs:g} epochs x {trainer.steps_per_epoch} steps of "
+        say(f"training {info['n_train']} images, {trainer.epochs:g} epochs = {trainer.total_steps} steps of "
             f"{trainer.batch_size} ({options.recipe} recipe, {'bf16 autocast' if trainer.amp else 'float32'}) on "
             f"{trainer.device}{world}; run folder {out}")
         if trainer.methodology_text():
