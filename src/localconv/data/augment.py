@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.base import InputSpec
+from .input_spec import InputSpec
 
 # TF tutorial photometric ranges (0..255 pixel scale): random_brightness(max_delta=63),
 # random_contrast(lower=0.2, upper=1.8).

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.augment import eval_batch
+from ..data.input_spec import InputSpec
 from ..errors import ModelError
 
 SOURCE_SIZE = 32  # side of the raw uint8 images every model's preprocessing starts from
@@ -44,27 +46,6 @@ def check_positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ModelValueError(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How raw uint8 32x32 images become this model's input.
-
-    normalize:
-      ``"standardize"``  per-image standardization (TF tutorial), applied after cropping;
-      ``"pixel_mean"``   subtract the per-pixel training mean (cuda-convnet), applied
-                         to the full 32x32 image before cropping (model buffer ``pixel_mean``);
-      ``"none"``         raw 0..255 floats.
-    """
-
-    crop: int = 24  # side of the (random at train, central at test) crop; 32 = no cropping
-    normalize: str = "standardize"
-    flip: bool = True  # random horizontal flips during training
-    # TF tutorial photometric augmentation (brightness/contrast); cuda-convnet uses none.
-    photometric: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -145,8 +126,6 @@ class Classifier(nn.Module):
             raise ModelValueError(f"preprocess takes uint8 images [N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}] "
                                   f"(NCHW), got {list(images.shape)}; resize larger images to "
                                   f"{SOURCE_SIZE}x{SOURCE_SIZE} first")
-        # augment imports InputSpec from this module at import time: imported here, at call time.
-        from ..data.augment import eval_batch
 
         device = next((b.device for b in self.buffers()), images.device)
         mean = getattr(self, "pixel_mean", None) if self.needs_pixel_mean() else None
