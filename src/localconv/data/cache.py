@@ -14,14 +14,16 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from ..errors import DataError
 from .cifar_data import CifarData
+
+T = TypeVar("T")
 
 CACHE_ENV = "LOCALCONV_CACHE"
 # Bump when decoding changes so that caches written by older code are not reused.
@@ -85,39 +87,44 @@ def _remove_stale_temps(folder: Path) -> None:
                 leftover.unlink()
 
 
-def load_decoded(path: Path, source: str) -> CifarData | None:
-    """The cached dataset at ``path``, or None when absent or unreadable (then it is rebuilt)."""
+def read_npz(path: Path, build: Callable[[Any], T], what: str) -> T | None:
+    """``build(arrays)`` of the npz cache file at ``path``; None when it is absent or unreadable, or when
+    ``build`` raises a DataError (its own validation): the caller then decodes again."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            data = CifarData(
-                train_images=arrays["train_images"],
-                train_labels=arrays["train_labels"],
-                test_images=arrays["test_images"],
-                test_labels=arrays["test_labels"],
-                classes=[str(name) for name in arrays["classes"]],
-                source=source,
-            )
-        data.validate()
+            return build(arrays)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as exc:
-        warnings.warn(f"ignoring unreadable decoded-data cache {path} ({exc}); decoding again", stacklevel=2)
+        warnings.warn(f"ignoring unreadable {what} cache {path} ({exc}); decoding again", stacklevel=3)
         return None
-    return data
+
+
+def write_npz(path: Path, what: str, **arrays: np.ndarray) -> None:
+    """Store ``arrays`` at ``path`` atomically; a cache that cannot be written only warns."""
+    try:
+        with atomic_file(path) as handle:
+            np.savez(handle, **arrays)
+    except OSError as exc:
+        warnings.warn(f"cannot write the {what} cache {path} ({exc.strerror or exc}); "
+                      f"the next run will decode again", stacklevel=3)
+
+
+def load_decoded(path: Path, source: str) -> CifarData | None:
+    """The cached dataset at ``path``, or None when absent or unreadable (then it is rebuilt)."""
+
+    def build(arrays: Any) -> CifarData:
+        data = CifarData(train_images=arrays["train_images"], train_labels=arrays["train_labels"],
+                         test_images=arrays["test_images"], test_labels=arrays["test_labels"],
+                         classes=[str(name) for name in arrays["classes"]], source=source)
+        data.validate()
+        return data
+
+    return read_npz(path, build, "decoded-data")
 
 
 def save_decoded(path: Path, data: CifarData) -> None:
     """Store ``data`` at ``path`` atomically; a cache that cannot be written only warns."""
-    try:
-        with atomic_file(path) as handle:
-            np.savez(
-                handle,
-                train_images=data.train_images,
-                train_labels=data.train_labels,
-                test_images=data.test_images,
-                test_labels=data.test_labels,
-                classes=np.array(data.classes, dtype=str),
-            )
-    except OSError as exc:
-        warnings.warn(f"cannot write the decoded-data cache {path} ({exc.strerror or exc}); "
-                      f"the next run will decode again", stacklevel=2)
+    write_npz(path, "decoded-data", train_images=data.train_images, train_labels=data.train_labels,
+              test_images=data.test_images, test_labels=data.test_labels,
+              classes=np.array(data.classes, dtype=str))

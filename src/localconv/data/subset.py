@@ -2,16 +2,15 @@
 of 50,000: decoding only those on a cold cache saves most of the decode time)."""
 from __future__ import annotations
 
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from .cache import atomic_file
+from .cache import read_npz, write_npz
 from .cifar_data import CifarData, check_class_names
 
 # Given the number of images in the whole training split, the positions to keep (any order; duplicates
@@ -62,28 +61,21 @@ def subset_cache_path(full_cache_file: Path) -> Path:
 
 def load_subset(path: Path, select: Selector, source: str) -> TrainingSubset | None:
     """The subset cached at ``path`` if it holds exactly the images ``select`` picks now, else None."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            total = int(arrays["total"])
-            positions = arrays["positions"]
-            if not np.array_equal(positions, selected_positions(select, total, source)):
-                return None  # another selection (other doctor options): decoded again, then replaced
-            subset = TrainingSubset(arrays["images"], arrays["labels"], positions, total,
-                                    [str(name) for name in arrays["classes"]], source)
+
+    def build(arrays: Any) -> TrainingSubset | None:
+        total = int(arrays["total"])
+        positions = arrays["positions"]
+        if not np.array_equal(positions, selected_positions(select, total, source)):
+            return None  # another selection (other doctor options): decoded again, then replaced
+        subset = TrainingSubset(arrays["images"], arrays["labels"], positions, total,
+                                [str(name) for name in arrays["classes"]], source)
         subset.validate()
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as exc:
-        warnings.warn(f"ignoring unreadable decoded-subset cache {path} ({exc}); decoding again", stacklevel=2)
-        return None
-    return subset
+        return subset
+
+    return read_npz(path, build, "decoded-subset")
 
 
 def save_subset(path: Path, subset: TrainingSubset) -> None:
     """Store ``subset`` at ``path`` atomically; a cache that cannot be written only warns."""
-    try:
-        with atomic_file(path) as handle:
-            np.savez(handle, images=subset.images, labels=subset.labels, positions=subset.positions,
-                     total=np.int64(subset.total), classes=np.array(subset.classes, dtype=str))
-    except OSError as exc:
-        warnings.warn(f"cannot write the decoded-subset cache {path} ({exc.strerror or exc})", stacklevel=2)
+    write_npz(path, "decoded-subset", images=subset.images, labels=subset.labels, positions=subset.positions,
+              total=np.int64(subset.total), classes=np.array(subset.classes, dtype=str))
