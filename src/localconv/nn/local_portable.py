@@ -222,13 +222,6 @@ def _is_taps_last(weight: torch.Tensor, dims: int) -> bool:
     return weight.permute(taps_last_order(dims)).is_contiguous()
 
 
-def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """All columns ``[L*groups, N, K/groups]`` at once (for the keep-columns variant of backward)."""
-    xp = _padded_channels_last(x, geo.pads)
-    out = x.new_empty((geo.positions * geo.groups, geo.input_shape[0], geo.group_k))
-    return _gather_columns(xp, geo, 0, geo.out_size[0], out)
-
-
 def _chunk_positions(geo: Geometry, chunk_bytes: int | None, device: torch.device, itemsize: int
                      ) -> tuple[list[tuple[int, int]], int]:
     """The row chunks and the largest chunk's number of GEMMs (positions * groups)."""

@@ -326,9 +326,6 @@ class Trainer:
         except OSError as exc:  # disk full, folder removed: the last checkpoint is still intact
             raise CheckpointError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
-    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss_terms(logits, labels)[0]
-
     def loss_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss to minimize, and the detached pair ``[loss/total, loss/cross_entropy]`` that the logs
         report (their meaning: :mod:`localconv.metrics`)."""
