@@ -101,7 +101,7 @@ def test_portable_matches_naive_reference(case: tuple) -> None:
 
 @pytest.mark.parametrize("case", ODD_CASES[:5], ids=[c[0] for c in ODD_CASES[:5]])
 def test_portable_row_chunks_match_reference(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    # One output row per chunk exercises the chunk boundaries of forward, grad_input and grad_weight.
+    # One output row per chunk exercises the forward's chunk boundaries (the backward has no chunks).
     monkeypatch.setattr(local_portable, "CPU_CHUNK_BYTES", 1)
     assert_matches_reference(case, lambda x, w, b, s, p: local_conv2d(x, w, b, s, p, backend="portable"))
 

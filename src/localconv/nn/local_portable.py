@@ -3,15 +3,17 @@
 Per output position l (and group g) the layer is one small GEMM, ``y[l, g] = cols[l, g] @ w[l, g]^T``
 with ``cols[l, g]: [N, K]`` (the input window of every image, K = C/groups * prod(kernel)) and
 ``w[l, g]: [O/groups, K]``, so all positions are one batched matmul over a ``[L*groups, N, K]``
-column tensor. That tensor is ``prod(kernel)`` times the input, so it is never built whole:
-positions are processed in chunks of whole output "rows" (slabs of the first spatial dimension)
-whose columns fit in ``chunk_bytes`` (one reused buffer), in forward and in backward. This bounds the
-extra memory to one chunk and, on CPU, also saves time: freshly allocated large buffers cost a page
-fault per 4 KiB on first touch, several times the cost of the copy itself.
+column tensor. That tensor is ``prod(kernel)`` times the input, so it is never built whole: the
+forward processes positions in chunks of whole output "rows" (slabs of the first spatial dimension)
+whose columns fit in ``chunk_bytes`` (one reused buffer). This bounds the extra memory to one chunk
+and, on CPU, also saves time: freshly allocated large buffers cost a page fault per 4 KiB on first
+touch, several times the cost of the copy itself. The backward builds no columns at all: it splits
+K by kernel tap, where every GEMM operand is a strided view (see :func:`backward`).
 
-Inside the chunks, K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then
-gathered from a channels-last copy of the input in runs of C/groups contiguous values, and each tap
-of the input gradient is a contiguous channels-last slab; the weight rows are permuted per chunk.
+K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then gathered from a
+channels-last copy of the input in runs of C/groups contiguous values, and each tap's input (and
+input gradient) is a channels-last slab; the weight rows are permuted per chunk unless the weight
+is stored taps-last (see :func:`taps_last_weight`).
 
 These are plain tensor functions (no autograd): :mod:`localconv.nn.local_ops` wraps them.
 """
@@ -231,24 +233,17 @@ def _chunk_positions(geo: Geometry, chunk_bytes: int | None, device: torch.devic
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: Geometry,
-            memory_format: torch.memory_format, cols: torch.Tensor | None = None,
-            chunk_bytes: int | None = None) -> torch.Tensor:
-    """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared); ``cols`` skips the gathering."""
+            memory_format: torch.memory_format, chunk_bytes: int | None = None) -> torch.Tensor:
+    """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared)."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
     per_row = math.prod(geo.out_size[1:])
     chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
-    shapes = [(geo.positions * g, n, o // g), (most, o // g, geo.group_k)]
-    if cols is None:
-        shapes += [(most, n, geo.group_k), _padded_shape(geo)]
-    y, w_cols, *rest = _scratch(x, *shapes)
-    if cols is None:
-        buffer, xp = rest[0], _padded_channels_last(x, geo.pads, rest[1])
+    y, w_cols, buffer, xp = _scratch(x, (geo.positions * g, n, o // g), (most, o // g, geo.group_k),
+                                     (most, n, geo.group_k), _padded_shape(geo))
+    xp = _padded_channels_last(x, geo.pads, xp)
     for r0, r1 in chunks:
         l0, l1 = r0 * per_row * g, r1 * per_row * g
-        if cols is not None:
-            chunk = cols[l0:l1]
-        else:
-            chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
+        chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
         torch.bmm(chunk, _weight_columns(weight[r0:r1], geo, w_cols[:l1 - l0]).transpose(1, 2), out=y[l0:l1])
     # [L, g, N, O/g] memory seen as [N, g, O/g, L]
     y_view = y.view(geo.positions, g, n, o // g).permute(2, 1, 3, 0)
@@ -262,97 +257,108 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     return out
 
 
-def _grad_rows(grad_out: torch.Tensor, geo: Geometry, scratch: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``grad_out [N, O, *out]`` as ``[L*g, O/g, N]`` (rows of N contiguous). Both backward GEMMs take it
-    as is or transposed (torch copies each matrix of a bmm operand that is neither), and MKL runs both
-    faster from this layout than from ``[L*g, N, O/g]``.
+def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
+    """``grad_out [N, O, *out]`` as ``[L, O, N]`` (rows of N contiguous) in ``out``'s memory ``[O, L, N]``:
+    per group and position an ``[O/g, N]`` matrix with leading dimension ``L*N``, which both backward GEMMs
+    take as is or transposed (MKL runs both faster from it than from ``[N, O/g]``).
 
     The reversal ``[N, O, L] -> [L, O, N]`` done as one strided copy walks memory with a stride of
     ``O*L`` values in its inner loop (many times slower at N=512); instead: one 2-D transpose
-    ``[N, O*L] -> [O*L, N]`` into ``scratch`` (torch's blocked transpose copy), then, with one group, a
-    strided view (bmm accepts a leading dimension of L*N), else a copy of runs of N into ``out``."""
-    n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
-    flat = grad_out.reshape(n, o * geo.positions)
-    scratch.view(o * geo.positions, n).copy_(flat.t())
-    by_position = scratch.view(g, o // g, geo.positions, n).permute(2, 0, 1, 3)  # [L, g, O/g, N]
-    if g == 1:
-        return by_position.squeeze(1)
-    out.view(geo.positions, g, o // g, n).copy_(by_position)
-    return out
+    ``[N, O*L] -> [O*L, N]`` (torch's blocked transpose copy)."""
+    n, o = geo.input_shape[0], geo.out_channels
+    out.view(o * geo.positions, n).copy_(grad_out.reshape(n, o * geo.positions).t())
+    return out.view(o, geo.positions, n).transpose(0, 1)
 
 
-def grad_weight(grad_out: torch.Tensor, x: torch.Tensor | None, geo: Geometry, cols: torch.Tensor | None = None,
-                chunk_bytes: int | None = None) -> torch.Tensor:
-    """Weight gradient ``[*out, O, C/g, *kernel]`` from the input ``x`` (or its saved ``cols``)."""
-    return backward(grad_out, x, None, geo, False, True, torch.contiguous_format, cols, chunk_bytes)[1]
+def _taps_last_memory(weight: torch.Tensor, geo: Geometry, scratch: torch.Tensor | None) -> torch.Tensor:
+    """The weight's memory as a contiguous ``[L, O, taps, C/g]`` tensor: a view of a taps-last weight,
+    else a copy into ``scratch``."""
+    rows = weight.permute(taps_last_order(geo.dims))
+    shape = (geo.positions, geo.out_channels, geo.taps, geo.input_shape[1] // geo.groups)
+    if rows.is_contiguous():
+        return rows.view(shape)
+    assert scratch is not None
+    return scratch.view(shape).copy_(rows.reshape(shape))
 
 
-def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, geo: Geometry, memory_format: torch.memory_format,
-               chunk_bytes: int | None = None) -> torch.Tensor:
+def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Weight gradient ``[*out, O, C/g, *kernel]`` from the input ``x``."""
+    return backward(grad_out, x, None, geo, False, True, torch.contiguous_format)[1]
+
+
+def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, geo: Geometry, memory_format: torch.memory_format
+               ) -> torch.Tensor:
     """Input gradient ``[N, C, *S]`` in ``memory_format``."""
-    return backward(grad_out, None, weight, geo, True, False, memory_format, None, chunk_bytes)[0]
+    return backward(grad_out, None, weight, geo, True, False, memory_format)[0]
+
+
+def _line_taps(geo: Geometry, run: int) -> Iterator[tuple[int, int, list[int]]]:
+    """(first position, flat tap index, padded-input coordinates of that tap of the first window) for
+    every line of positions (all output coordinates but the last) and every ``run``-th tap of the last
+    kernel dimension (``run`` taps from there on are taken together)."""
+    m = geo.out_size[-1]
+    tap_grid = [range(k) for k in geo.kernel[:-1]] + [range(0, geo.kernel[-1], run)]
+    for index, line in enumerate(itertools.product(*(range(size) for size in geo.out_size[:-1]))):
+        for tap in itertools.product(*tap_grid):
+            flat = 0
+            for j, k in zip(tap, geo.kernel):
+                flat = flat * k + j
+            start = [i * s + j * dl for i, s, j, dl in zip((*line, 0), geo.stride, tap, geo.dilation)]
+            yield index * m, flat, start
 
 
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
-             need_input: bool, need_weight: bool, memory_format: torch.memory_format,
-             cols: torch.Tensor | None = None, chunk_bytes: int | None = None
+             need_input: bool, need_weight: bool, memory_format: torch.memory_format
              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_input, grad_weight) from the input ``x`` (or the saved ``cols``) and the weight."""
+    """(grad_input, grad_weight) from the input ``x`` and the weight, without columns.
+
+    Per position p, tap t and group, with ``x_t[p] [N, C/g]`` the input under tap t of p's window:
+    ``grad_w[p, :, t] = grad_rows[p] @ x_t[p]`` and ``grad_x[window_t(p)] += grad_rows[p]^T @ w[p, :, t]``.
+    Along a line of positions (the last output dimension) every operand is one strided view (of the
+    channels-last padded input, of the ``[*padded, N, C]`` input-gradient grid, of the taps-last weight
+    and its gradient), so each (line, tap, group) is one batched GEMM and nothing is gathered: the
+    im2col columns (``taps`` times the input) cost more to write and read back than these smaller GEMMs
+    lose. Undilated and ungrouped, the taps of the last kernel dimension lie side by side in both the
+    input and the weight gradient: the weight gradient takes them in one GEMM (``k*C`` wide)."""
     n, c = geo.input_shape[:2]
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
-    per_row, rest = math.prod(geo.out_size[1:]), geo.out_size[1:]
-    before = geo.pads[0::2]
-    chunks, most = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
-    gather = need_weight and cols is None
-    shapes = [(geo.positions * g, o // g, n), (most, n, geo.group_k), (most, o // g, geo.group_k),
-              (geo.positions * o, n)]
+    og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
     padded = _padded_shape(geo)  # [N, *padded, C]
-    # the input gradient accumulates in a [*padded, N, C] grid: the layout of the column gradients'
-    # taps ([rows, *rest, N, C]), so that each tap's add runs over contiguous N*C slabs
-    shapes += [padded] * int(gather) + [(*padded[1:-1], n, c)] * int(need_input)
-    grad_rows, buffer, w_rows, transposed, *grids = _scratch(grad_out, *shapes)
-    grad_rows = _grad_rows(grad_out, geo, transposed, grad_rows)
-    xp = _padded_channels_last(x, geo.pads, grids[0]) if gather else None
-    weight_shape = (*geo.out_size, o, c // g, *geo.kernel)
-    # A taps-last weight gets a taps-last gradient, written by the GEMMs in place (no transposes).
-    taps_last = need_weight and weight is not None and _is_taps_last(weight, d)
-    grad_w = grad_out.new_empty(weight_shape) if need_weight and not taps_last else None
-    if taps_last:
-        order = taps_last_order(d)
-        grad_w_mem = grad_out.new_empty([weight_shape[i] for i in order])
-        grad_w = grad_w_mem.permute(tuple(order.index(i) for i in range(len(order))))
-        grad_w_rows = grad_w_mem.view(geo.positions * g, o // g, geo.group_k)
-    grid = grids[-1].zero_() if need_input else None
-    for r0, r1 in chunks:
-        l0, l1, rows = r0 * per_row * g, r1 * per_row * g, r1 - r0
-        if need_weight:  # w_rows: the weight gradient of the chunk's positions
-            chunk = cols[l0:l1] if cols is not None else _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-            if taps_last:
-                torch.bmm(grad_rows[l0:l1], chunk, out=grad_w_rows[l0:l1])
-            else:
-                torch.bmm(grad_rows[l0:l1], chunk, out=w_rows[:l1 - l0])
-                # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
-                positions = (l1 - l0) // g
-                gw = w_rows[:l1 - l0].view(positions * o, geo.taps, c // g)
-                grad_w[r0:r1].view(positions * o, c // g, geo.taps).copy_(gw.transpose(1, 2))
-        if need_input:  # w_rows: the weight columns of the chunk's positions
-            w_cols = _weight_columns(weight[r0:r1], geo, w_rows[:l1 - l0])
-            grad_cols = torch.bmm(grad_rows[l0:l1].transpose(1, 2), w_cols, out=buffer[:l1 - l0])
-            taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, c // g)
-            for tap in itertools.product(*(range(k) for k in geo.kernel)):
-                starts = [tap[0] * geo.dilation[0] + r0 * geo.stride[0],
-                          *(t * dl for t, dl in zip(tap[1:], geo.dilation[1:]))]
-                index = tuple(slice(s0, s0 + st * (m - 1) + 1, st)
-                              for s0, st, m in zip(starts, geo.stride, (rows, *rest)))
-                target = grid[index]  # [rows, *rest, N, C]
-                source = taps[(Ellipsis, *tap, slice(None))]  # [rows, *rest, g, N, C/g]
-                if g == 1:
-                    target += source.squeeze(d)
-                else:
-                    target.unflatten(-1, (g, c // g)).add_(source.transpose(d, d + 1))
-    grad_x = None
-    if need_input:  # a copy out of the scratch grid
-        inner = grid[tuple(slice(b, b + s) for b, s in zip(before, spatial))]  # [*S, N, C]
+    shapes: list[Sequence[int]] = [(o * positions, n)]
+    if need_weight:
+        shapes.append(padded)
+    if need_input:  # the input-gradient grid; the weight in taps-last order unless stored so
+        shapes.append((*padded[1:-1], n, c))
+        if not _is_taps_last(weight, d):
+            shapes.append((positions, o, taps, cg))
+    grad_rows, *rest = _scratch(grad_out, *shapes)
+    grad_rows = _grad_rows(grad_out, geo, grad_rows)  # [L, O, N]
+    grad_x = grad_w = None
+    if need_weight:
+        xp = _padded_channels_last(x, geo.pads, rest.pop(0))
+        xs = xp.stride()
+        grad_w = taps_last_empty((*geo.out_size, o, cg, *geo.kernel), d, grad_out.device, grad_out.dtype)
+        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, o, taps * cg)
+        run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
+        for p0, t, start in _line_taps(geo, run):
+            x_offset = xp.storage_offset() + sum(a * b for a, b in zip(start, xs[1:-1]))
+            for group in range(g):
+                x_taps = xp.as_strided((m, n, run * cg), (geo.stride[-1] * xs[-2], xs[0], 1), x_offset + group * cg)
+                torch.bmm(grad_rows[p0:p0 + m, group * og:(group + 1) * og], x_taps,
+                          out=gw_rows[p0:p0 + m, group * og:(group + 1) * og, t * cg:(t + run) * cg])
+        if weight is None or not _is_taps_last(weight, d):  # the weight's layout (autograd keeps a taps-last one)
+            grad_w = grad_w.contiguous()
+    if need_input:
+        grid = rest.pop(0).zero_()
+        gs = grid.stride()
+        w_rows = _taps_last_memory(weight, geo, rest.pop(0) if rest else None)  # [L, O, taps, C/g]
+        for p0, t, start in _line_taps(geo, 1):
+            offset = grid.storage_offset() + sum(a * b for a, b in zip(start, gs[:d]))
+            for group in range(g):
+                target = grid.as_strided((m, n, cg), (geo.stride[-1] * gs[d - 1], c, 1), offset + group * cg)
+                target.baddbmm_(grad_rows[p0:p0 + m, group * og:(group + 1) * og].transpose(1, 2),
+                                w_rows[p0:p0 + m, group * og:(group + 1) * og, t])
+        inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
         grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
-        grad_x.copy_(inner.permute(d, d + 1, *range(d)))
+        grad_x.copy_(inner.permute(d, d + 1, *range(d)))  # a copy out of the scratch grid
     return grad_x, grad_w
