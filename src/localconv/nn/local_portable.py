@@ -19,6 +19,7 @@ These are plain tensor functions (no autograd): :mod:`localconv.nn.local_ops` wr
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -232,27 +233,95 @@ def _chunk_positions(geo: Geometry, chunk_bytes: int | None, device: torch.devic
     return chunks, max(r1 - r0 for r0, r1 in chunks) * per_row
 
 
+def _column_products(xp: torch.Tensor, weight: torch.Tensor, geo: Geometry, y: torch.Tensor,
+                     chunks: list[tuple[int, int]], w_cols: torch.Tensor, buffer: torch.Tensor) -> None:
+    """The GEMMs of every position and group from gathered columns (chunks of rows), into ``y``
+    ``[L, g, N, O/g]``."""
+    per_row = math.prod(geo.out_size[1:]) * geo.groups
+    for r0, r1 in chunks:
+        l0, l1 = r0 * per_row, r1 * per_row
+        chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
+        torch.bmm(chunk, _weight_columns(weight[r0:r1], geo, w_cols[:l1 - l0]).transpose(1, 2), out=y[l0:l1])
+
+
+def _fold_chunks(geo: Geometry, chunk_bytes: int | None, device: torch.device, itemsize: int
+                 ) -> tuple[list[tuple[int, int]], int]:
+    """Ranges along the second output dimension whose windows gathered for :func:`_folded_products` take
+    at most ``chunk_bytes``, and the largest range's number of values (1-D: one range, nothing gathered)."""
+    if geo.dims == 1:
+        return [(0, 1)], 0
+    per_index = math.prod(geo.out_size[2:]) * _padded_shape(geo)[1] * geo.input_shape[0] * geo.k // geo.kernel[0]
+    step = max(1, _chunk_bytes(device, chunk_bytes) // (per_index * itemsize))
+    size = geo.out_size[1]
+    return [(q0, min(q0 + step, size)) for q0 in range(0, size, step)], min(step, size) * per_index
+
+
+def _folded_products(xp: torch.Tensor, w_rows: torch.Tensor, geo: Geometry, y: torch.Tensor,
+                     chunks: list[tuple[int, int]], buffer: torch.Tensor) -> None:
+    """The same GEMMs (ungrouped, undilated first dimension) into ``y`` ``[*out[1:], out[0], N, O]``, from
+    the taps-last weight memory ``w_rows [L, O, K]`` and a gather of the windows along every dimension
+    but the first, ``[*out[1:], N, padded[0], *kernel[1:], C]``: ``prod(kernel[1:])`` times the input
+    instead of ``prod(kernel)`` times (1-D: nothing gathered). There a window's K values, in (*kernel, c)
+    order, are ``kernel[0]`` runs of ``prod(kernel[1:])*C`` and the runs of consecutive rows follow each
+    other: the window of every image is one row of a strided ``[N, K]`` matrix, the operand of the
+    column GEMM but for its leading dimension (same products, same bits), and the positions along the
+    first dimension are one batched GEMM."""
+    n, c, o, d = geo.input_shape[0], geo.input_shape[1], geo.out_channels, geo.dims
+    out0, rest, k = geo.out_size[0], geo.out_size[1:], geo.k
+    padded0, inner = xp.shape[1], k // geo.kernel[0]  # one padded row of a window
+    per_line = n * padded0 * inner  # gathered values per position of the other dimensions
+    lines = math.prod(rest[1:])
+    xs = xp.stride()
+    spatial = xs[1:-1]
+    for q0, q1 in chunks:
+        source = xp
+        if d > 1:
+            windows = xp.as_strided(
+                (q1 - q0, *rest[1:], n, padded0, *geo.kernel[1:], c),
+                (*(s * st for s, st in zip(geo.stride[1:], spatial[1:])), xs[0], spatial[0],
+                 *(dl * st for dl, st in zip(geo.dilation[1:], spatial[1:])), 1),
+                xp.storage_offset() + q0 * geo.stride[1] * spatial[1])
+            source = buffer[:windows.numel()].view(windows.shape).copy_(windows)
+        for line in range((q1 - q0) * lines):
+            a = source.as_strided((out0, n, k), (geo.stride[0] * inner, padded0 * inner, 1),
+                                  source.storage_offset() + line * per_line)
+            position = q0 * lines + line  # among the positions of the other dimensions
+            w = w_rows.as_strided((out0, o, k), (math.prod(rest) * o * k, k, 1),
+                                  w_rows.storage_offset() + position * o * k)
+            torch.bmm(a, w.transpose(1, 2), out=y[position * out0:(position + 1) * out0])
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: Geometry,
             memory_format: torch.memory_format, chunk_bytes: int | None = None) -> torch.Tensor:
     """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared)."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
-    per_row = math.prod(geo.out_size[1:])
-    chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
-    y, w_cols, buffer, xp = _scratch(x, (geo.positions * g, n, o // g), (most, o // g, geo.group_k),
-                                     (most, n, geo.group_k), _padded_shape(geo))
+    out0, others = geo.out_size[0], math.prod(geo.out_size[1:])
+    shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), _padded_shape(geo)]
+    folded = g == 1 and geo.dilation[0] == 1
+    if folded:
+        chunks, most = _fold_chunks(geo, chunk_bytes, x.device, x.element_size())
+        taps_last = _is_taps_last(weight, geo.dims)
+        shapes += [(most,)] + ([] if taps_last else [(geo.positions, o, geo.taps, geo.input_shape[1])])
+    else:
+        chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
+        shapes += [(most, o // g, geo.group_k), (most, n, geo.group_k)]
+    y, xp, *work = _scratch(x, *shapes)
     xp = _padded_channels_last(x, geo.pads, xp)
-    for r0, r1 in chunks:
-        l0, l1 = r0 * per_row * g, r1 * per_row * g
-        chunk = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-        torch.bmm(chunk, _weight_columns(weight[r0:r1], geo, w_cols[:l1 - l0]).transpose(1, 2), out=y[l0:l1])
-    # [L, g, N, O/g] memory seen as [N, g, O/g, L]
-    y_view = y.view(geo.positions, g, n, o // g).permute(2, 1, 3, 0)
+    if folded:
+        w_rows = _taps_last_memory(weight, geo, None if taps_last else work[1]).view(geo.positions, o, geo.k)
+        _folded_products(xp, w_rows, geo, y, chunks, work[0])
+        # [*out[1:], out[0], N, O] memory seen as [N, g, O/g, out[0], prod(out[1:])]
+        y_view = y.view(others, out0, n, 1, o).permute(2, 3, 4, 1, 0)
+    else:
+        _column_products(xp, weight, geo, y, chunks, *work)
+        # [L, g, N, O/g] memory seen as [N, g, O/g, out[0], prod(out[1:])]
+        y_view = y.view(out0, others, g, n, o // g).permute(3, 2, 4, 0, 1)
     out = torch.empty((n, o, *geo.out_size), dtype=y.dtype, device=y.device, memory_format=memory_format)
-    out_view = out.view(n, g, o // g, geo.positions)
+    out_view = out.view(n, g, o // g, out0, others)
     if bias is None:
         out_view.copy_(y_view)
     else:  # added in the copy to the output layout (cheaper than baddbmm's extra pass)
-        bias_view = bias.reshape(g, o // g, geo.positions if bias.dim() > 1 else 1)
+        bias_view = bias.reshape(g, o // g, out0, others) if bias.dim() > 1 else bias.view(g, o // g, 1, 1)
         torch.add(y_view, bias_view, out=out_view)
     return out
 
@@ -292,19 +361,29 @@ def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, geo: Geometry, memo
     return backward(grad_out, None, weight, geo, True, False, memory_format)[0]
 
 
-def _line_taps(geo: Geometry, run: int) -> Iterator[tuple[int, int, list[int]]]:
-    """(first position, flat tap index, padded-input coordinates of that tap of the first window) for
-    every line of positions (all output coordinates but the last) and every ``run``-th tap of the last
-    kernel dimension (``run`` taps from there on are taken together)."""
-    m = geo.out_size[-1]
+@functools.lru_cache(maxsize=256)
+def _line_taps(geo: Geometry, run: int) -> tuple[tuple[int, tuple[tuple[int, int, int], ...]], ...]:
+    """Per line of positions (all output coordinates but the last): its first position and, for every
+    ``run``-th tap of the last kernel dimension (``run`` taps from there on are taken together), (flat tap
+    index, offset of that tap of the line's first window in the padded channels-last input
+    ``[N, *padded, C]``, offset in the input-gradient grid ``[*padded, N, C]``). Cached: the backward
+    loops over it, and the arithmetic costs as much as the GEMMs on small batches."""
+    n, c = geo.input_shape[:2]
+    padded = _padded_shape(geo)[1:-1]
+    x_strides = [math.prod(padded[i + 1:]) * c for i in range(geo.dims)]
     tap_grid = [range(k) for k in geo.kernel[:-1]] + [range(0, geo.kernel[-1], run)]
+    plan = []
     for index, line in enumerate(itertools.product(*(range(size) for size in geo.out_size[:-1]))):
+        entries = []
         for tap in itertools.product(*tap_grid):
             flat = 0
             for j, k in zip(tap, geo.kernel):
                 flat = flat * k + j
             start = [i * s + j * dl for i, s, j, dl in zip((*line, 0), geo.stride, tap, geo.dilation)]
-            yield index * m, flat, start
+            offset = sum(a * b for a, b in zip(start, x_strides))
+            entries.append((flat, offset, offset * n))
+        plan.append((index * geo.out_size[-1], tuple(entries)))
+    return tuple(plan)
 
 
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
@@ -325,39 +404,48 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
     padded = _padded_shape(geo)  # [N, *padded, C]
     shapes: list[Sequence[int]] = [(o * positions, n)]
-    if need_weight:
-        shapes.append(padded)
+    # undilated and ungrouped, the weight gradient takes the last kernel dimension's taps in one GEMM
+    run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
+    if need_weight:  # the padded input; one line's weight gradient, tap-major
+        shapes += [padded, (taps // run, g, m, og, run * cg)]
     if need_input:  # the input-gradient grid; the weight in taps-last order unless stored so
         shapes.append((*padded[1:-1], n, c))
         if not _is_taps_last(weight, d):
             shapes.append((positions, o, taps, cg))
     grad_rows, *rest = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, grad_rows)  # [L, O, N]
+    group_rows = [grad_rows[:, j * og:(j + 1) * og] for j in range(g)]  # [L, O/g, N]
     grad_x = grad_w = None
     if need_weight:
         xp = _padded_channels_last(x, geo.pads, rest.pop(0))
-        xs = xp.stride()
+        gw_line = rest.pop(0)  # [taps/run, g, m, O/g, run*C/g]
+        x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
         grad_w = taps_last_empty((*geo.out_size, o, cg, *geo.kernel), d, grad_out.device, grad_out.dtype)
-        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, o, taps * cg)
-        run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
-        for p0, t, start in _line_taps(geo, run):
-            x_offset = xp.storage_offset() + sum(a * b for a, b in zip(start, xs[1:-1]))
-            for group in range(g):
-                x_taps = xp.as_strided((m, n, run * cg), (geo.stride[-1] * xs[-2], xs[0], 1), x_offset + group * cg)
-                torch.bmm(grad_rows[p0:p0 + m, group * og:(group + 1) * og], x_taps,
-                          out=gw_rows[p0:p0 + m, group * og:(group + 1) * og, t * cg:(t + run) * cg])
+        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, g, og, taps // run, run * cg)
+        for p0, entries in _line_taps(geo, run):
+            line_rows = [rows[p0:p0 + m] for rows in group_rows]
+            for t, offset, _ in entries:
+                for j in range(g):
+                    x_taps = xp.as_strided((m, n, run * cg), x_strides, xp.storage_offset() + offset + j * cg)
+                    torch.bmm(line_rows[j], x_taps, out=gw_line[t // run, j])
+            # a batched GEMM writes a strided output one matrix at a time: the line goes through a
+            # contiguous (cache-resident) block instead
+            gw_rows[p0:p0 + m].copy_(gw_line.permute(2, 1, 3, 0, 4))
         if weight is None or not _is_taps_last(weight, d):  # the weight's layout (autograd keeps a taps-last one)
             grad_w = grad_w.contiguous()
     if need_input:
         grid = rest.pop(0).zero_()
-        gs = grid.stride()
         w_rows = _taps_last_memory(weight, geo, rest.pop(0) if rest else None)  # [L, O, taps, C/g]
-        for p0, t, start in _line_taps(geo, 1):
-            offset = grid.storage_offset() + sum(a * b for a, b in zip(start, gs[:d]))
-            for group in range(g):
-                target = grid.as_strided((m, n, cg), (geo.stride[-1] * gs[d - 1], c, 1), offset + group * cg)
-                target.baddbmm_(grad_rows[p0:p0 + m, group * og:(group + 1) * og].transpose(1, 2),
-                                w_rows[p0:p0 + m, group * og:(group + 1) * og, t])
+        grid_strides, w_strides = (geo.stride[-1] * n * c, c, 1), (o * taps * cg, taps * cg, 1)
+        group_rows_t = [rows.transpose(1, 2) for rows in group_rows]  # [L, N, O/g]
+        for p0, entries in _line_taps(geo, 1):
+            line_rows = [rows[p0:p0 + m] for rows in group_rows_t]
+            for t, _, offset in entries:
+                for j in range(g):
+                    target = grid.as_strided((m, n, cg), grid_strides, grid.storage_offset() + offset + j * cg)
+                    w_tap = w_rows.as_strided((m, og, cg), w_strides,
+                                              w_rows.storage_offset() + ((p0 * o + j * og) * taps + t) * cg)
+                    target.baddbmm_(line_rows[j], w_tap)
         inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
         grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
         grad_x.copy_(inner.permute(d, d + 1, *range(d)))  # a copy out of the scratch grid
