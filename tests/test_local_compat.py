@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from localconv import LocallyConnected2d, create_model
+from localconv.nn import local_portable
 
 _CHUNK_BYTES = 8 << 20
 
@@ -101,8 +102,12 @@ LAYERS = [
 ]
 
 
+@pytest.mark.parametrize("min_macs", [None, 0], ids=["default-backward", "per-tap-backward"])
 @pytest.mark.parametrize("spec", LAYERS, ids=[f"{s[0]}to{s[1]}-{s[2]}" for s in LAYERS])
-def test_layer_is_bit_identical_to_frozen_computation(spec: tuple) -> None:
+def test_layer_is_bit_identical_to_frozen_computation(spec: tuple, min_macs: int | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if min_macs is not None:  # these small batches take the columns backward by default
+        monkeypatch.setattr(local_portable, "TAP_GEMM_MIN_MACS", min_macs)
     c, o, size, kernel, stride, padding, n = spec
     torch.manual_seed(0)
     layer = LocallyConnected2d(c, o, size, kernel, stride=stride, padding=padding)

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from local_reference import make_inputs, naive_local_conv
 
 from localconv import LocallyConnected2d
 from localconv.nn import functional as local_functional
 from localconv.nn import local_portable
-from localconv.nn.functional import local_conv2d, select_backend
+from localconv.nn.functional import local_conv, local_conv2d, select_backend
 from localconv.nn.utils import _padding4, _pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +105,40 @@ def test_portable_row_chunks_match_reference(case: tuple, monkeypatch: pytest.Mo
     # One output row per chunk exercises the forward's chunk boundaries (the backward has no chunks).
     monkeypatch.setattr(local_portable, "CPU_CHUNK_BYTES", 1)
     assert_matches_reference(case, lambda x, w, b, s, p: local_conv2d(x, w, b, s, p, backend="portable"))
+
+
+# The portable backward has two strategies, chosen by GEMM size (local_portable._tap_gemms): per-tap
+# GEMMs on strided views or gathered columns. Each is forced here, on N-D, strided, dilated and grouped
+# cases, with a contiguous and a taps-last weight; gradcheck takes the fused first-order backward,
+# gradgradcheck the separate gradients.
+# (id, N, C, size, O, kernel, stride, padding pairs, dilation, groups)
+STRATEGY_CASES = [
+    ("1d-strided-dilated", 2, 2, (9,), 2, (2,), (2,), (0, 2), (3,), 1),
+    ("2d-asymmetric", 2, 3, (5, 4), 2, (3, 2), (1, 1), (1, 0, 1, 1), (1, 1), 1),
+    ("2d-strided-dilated", 2, 2, (7, 6), 3, (2, 3), (2, 1), (1, 1, 0, 2), (2, 1), 1),
+    ("2d-grouped", 2, 4, (4, 5), 4, (2, 2), (1, 2), (0, 1, 1, 0), (1, 1), 2),
+    ("3d-dilated-grouped", 1, 4, (4, 3, 4), 2, (2, 1, 2), (1, 1, 2), (1, 0, 0, 0, 0, 1), (2, 1, 1), 2),
+]
+
+
+@pytest.mark.parametrize("min_macs", [0, 1 << 62], ids=["per-tap", "columns"])
+@pytest.mark.parametrize("taps_last", [False, True], ids=["contiguous", "taps-last"])
+@pytest.mark.parametrize("case", STRATEGY_CASES, ids=[c[0] for c in STRATEGY_CASES])
+def test_backward_strategies_gradcheck(case: tuple, taps_last: bool, min_macs: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_portable, "TAP_GEMM_MIN_MACS", min_macs)
+    _, n, c, size, o, kernel, stride, pads, dilation, groups = case
+    x, w, _ = make_inputs(n, c, size, o, kernel, stride, pads, dilation, groups, bias=None)
+    if taps_last:
+        w = local_portable.taps_last_weight(w.detach(), len(size)).requires_grad_()
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return local_conv(x, w, None, stride, pads, dilation, groups, backend="portable")
+
+    torch.testing.assert_close(fn(x, w), naive_local_conv(x, w, None, stride, pads, dilation, groups),
+                               rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
 
 
 def test_float32_without_bias() -> None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 CPU_CHUNK_BYTES = 8 << 20  # fits in the heap glibc reuses (< 32 MiB mmap threshold) and in L3
 SCRATCH_MAX_BYTES = 64 << 20  # the per-thread CPU work buffer kept between calls (see _scratch)
 DEVICE_CHUNK_BYTES = 256 << 20  # CUDA: the caching allocator has no page-fault cost; fewer launches
+TAP_GEMM_MIN_MACS = 1 << 19  # backward per-tap GEMMs from this size on, columns below (see _tap_gemms)
 
 
 class Geometry(NamedTuple):
@@ -386,10 +387,18 @@ def _line_taps(geo: Geometry, run: int) -> tuple[tuple[int, tuple[tuple[int, int
     return tuple(plan)
 
 
+def _tap_gemms(geo: Geometry) -> bool:
+    """Whether the backward runs per (line, tap) GEMMs rather than over gathered columns: when each
+    such GEMM has enough work to amortize its call (some microseconds of dispatch each; a 3-D layer
+    has lines*taps of them, thousands)."""
+    n, c = geo.input_shape[:2]
+    return geo.out_size[-1] * n * (geo.out_channels // geo.groups) * (c // geo.groups) >= TAP_GEMM_MIN_MACS
+
+
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
-             need_input: bool, need_weight: bool, memory_format: torch.memory_format
-             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_input, grad_weight) from the input ``x`` and the weight, without columns.
+             need_input: bool, need_weight: bool, memory_format: torch.memory_format,
+             chunk_bytes: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_weight) from the input ``x`` and the weight.
 
     Per position p, tap t and group, with ``x_t[p] [N, C/g]`` the input under tap t of p's window:
     ``grad_w[p, :, t] = grad_rows[p] @ x_t[p]`` and ``grad_x[window_t(p)] += grad_rows[p]^T @ w[p, :, t]``.
@@ -397,31 +406,60 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     channels-last padded input, of the ``[*padded, N, C]`` input-gradient grid, of the taps-last weight
     and its gradient), so each (line, tap, group) is one batched GEMM and nothing is gathered: the
     im2col columns (``taps`` times the input) cost more to write and read back than these smaller GEMMs
-    lose. Undilated and ungrouped, the taps of the last kernel dimension lie side by side in both the
-    input and the weight gradient: the weight gradient takes them in one GEMM (``k*C`` wide)."""
+    lose (see :func:`_tap_gemms` for when they are too small; then: columns, see :func:`_column_backward`).
+    Undilated and ungrouped, the taps of the last kernel dimension lie side by side in both the input
+    and the weight gradient: the weight gradient takes them in one GEMM (``k*C`` wide)."""
     n, c = geo.input_shape[:2]
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
     og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
     padded = _padded_shape(geo)  # [N, *padded, C]
-    shapes: list[Sequence[int]] = [(o * positions, n)]
+    per_tap = _tap_gemms(geo)
     # undilated and ungrouped, the weight gradient takes the last kernel dimension's taps in one GEMM
     run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
-    if need_weight:  # the padded input; one line's weight gradient, tap-major
-        shapes += [padded, (taps // run, g, m, og, run * cg)]
-    if need_input:  # the input-gradient grid; the weight in taps-last order unless stored so
-        shapes.append((*padded[1:-1], n, c))
-        if not _is_taps_last(weight, d):
-            shapes.append((positions, o, taps, cg))
+    w_copy = need_input and not _is_taps_last(weight, d)
+    shapes: list[Sequence[int]] = [(o * positions, n)]
+    shapes += [padded] * need_weight  # the padded input
+    shapes += [(*padded[1:-1], n, c)] * need_input  # the input-gradient grid
+    shapes += [(positions, o, taps, cg)] * w_copy  # the weight in taps-last order
+    if per_tap:  # one line's weight gradient, tap-major
+        shapes.append((taps // run, g, m, og, run * cg))
+    else:  # chunks of columns (then their gradients); the rows by group
+        chunks, most = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
+        shapes += [(most, n, geo.group_k)] + [(positions, g, og, n)] * (g > 1)
     grad_rows, *rest = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, grad_rows)  # [L, O, N]
-    group_rows = [grad_rows[:, j * og:(j + 1) * og] for j in range(g)]  # [L, O/g, N]
-    grad_x = grad_w = None
+    xp = _padded_channels_last(x, geo.pads, rest.pop(0)) if need_weight else None
+    grid = rest.pop(0).zero_() if need_input else None
+    w_rows = _taps_last_memory(weight, geo, rest.pop(0) if w_copy else None) if need_input else None
+    grad_w = gw_rows = None
     if need_weight:
-        xp = _padded_channels_last(x, geo.pads, rest.pop(0))
-        gw_line = rest.pop(0)  # [taps/run, g, m, O/g, run*C/g]
-        x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
         grad_w = taps_last_empty((*geo.out_size, o, cg, *geo.kernel), d, grad_out.device, grad_out.dtype)
-        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, g, og, taps // run, run * cg)
+        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, g, og, taps, cg)
+    if per_tap:
+        _tap_backward(geo, grad_rows, xp, gw_rows, grid, w_rows, rest[0], run)
+    else:
+        _column_backward(geo, grad_rows, xp, gw_rows, grid, w_rows, chunks, rest[0], rest[1] if g > 1 else None)
+    if need_weight and (weight is None or not _is_taps_last(weight, d)):
+        grad_w = grad_w.contiguous()  # the weight's layout (autograd keeps a taps-last one)
+    grad_x = None
+    if need_input:
+        inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
+        grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
+        grad_x.copy_(inner.permute(d, d + 1, *range(d)))  # a copy out of the scratch grid
+    return grad_x, grad_w
+
+
+def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, gw_rows: torch.Tensor | None,
+                  grid: torch.Tensor | None, w_rows: torch.Tensor | None, gw_line: torch.Tensor, run: int) -> None:
+    """The per (line, tap, group) GEMMs of :func:`backward`: weight gradient into ``gw_rows``
+    ``[L, g, O/g, taps, C/g]`` (through ``gw_line``), input gradient added into ``grid``."""
+    n, c = geo.input_shape[:2]
+    g, o, taps, m = geo.groups, geo.out_channels, geo.taps, geo.out_size[-1]
+    og, cg = o // g, c // g
+    group_rows = [grad_rows[:, j * og:(j + 1) * og] for j in range(g)]  # [L, O/g, N]
+    if gw_rows is not None:
+        x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
+        gw_flat = gw_rows.view(geo.positions, g, og, taps // run, run * cg)
         for p0, entries in _line_taps(geo, run):
             line_rows = [rows[p0:p0 + m] for rows in group_rows]
             for t, offset, _ in entries:
@@ -430,12 +468,8 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
                     torch.bmm(line_rows[j], x_taps, out=gw_line[t // run, j])
             # a batched GEMM writes a strided output one matrix at a time: the line goes through a
             # contiguous (cache-resident) block instead
-            gw_rows[p0:p0 + m].copy_(gw_line.permute(2, 1, 3, 0, 4))
-        if weight is None or not _is_taps_last(weight, d):  # the weight's layout (autograd keeps a taps-last one)
-            grad_w = grad_w.contiguous()
-    if need_input:
-        grid = rest.pop(0).zero_()
-        w_rows = _taps_last_memory(weight, geo, rest.pop(0) if rest else None)  # [L, O, taps, C/g]
+            gw_flat[p0:p0 + m].copy_(gw_line.permute(2, 1, 3, 0, 4))
+    if grid is not None:
         grid_strides, w_strides = (geo.stride[-1] * n * c, c, 1), (o * taps * cg, taps * cg, 1)
         group_rows_t = [rows.transpose(1, 2) for rows in group_rows]  # [L, N, O/g]
         for p0, entries in _line_taps(geo, 1):
@@ -446,7 +480,38 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
                     w_tap = w_rows.as_strided((m, og, cg), w_strides,
                                               w_rows.storage_offset() + ((p0 * o + j * og) * taps + t) * cg)
                     target.baddbmm_(line_rows[j], w_tap)
-        inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
-        grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
-        grad_x.copy_(inner.permute(d, d + 1, *range(d)))  # a copy out of the scratch grid
-    return grad_x, grad_w
+
+
+def _column_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, gw_rows: torch.Tensor | None,
+                     grid: torch.Tensor | None, w_rows: torch.Tensor | None, chunks: list[tuple[int, int]],
+                     buffer: torch.Tensor, by_group: torch.Tensor | None) -> None:
+    """:func:`backward` over gathered columns (chunks of rows): per chunk, the weight gradient is one
+    batched GEMM with the columns, the input gradient one into the columns' buffer, whose taps are
+    then added into ``grid`` (contiguous ``N*C`` slabs of the ``[*padded, N, C]`` grid)."""
+    n, c = geo.input_shape[:2]
+    d, g, o, rest = geo.dims, geo.groups, geo.out_channels, geo.out_size[1:]
+    og, cg, per_row = o // g, c // g, math.prod(rest) * g
+    if by_group is None:  # one group: [L, O, N] is already a uniform batch
+        by_group = grad_rows
+    else:  # [L, g, O/g, N] copied, so that positions and groups are one batch dimension
+        by_group = by_group.copy_(grad_rows.view(geo.positions, g, og, n)).view(-1, og, n)
+    for r0, r1 in chunks:
+        l0, l1, rows = r0 * per_row, r1 * per_row, r1 - r0
+        if gw_rows is not None:
+            cols = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
+            torch.bmm(by_group[l0:l1], cols, out=gw_rows.view(-1, og, geo.group_k)[l0:l1])
+        if grid is not None:
+            w_cols = w_rows.view(-1, og, geo.group_k)[l0:l1]
+            grad_cols = torch.bmm(by_group[l0:l1].transpose(1, 2), w_cols, out=buffer[:l1 - l0])
+            taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, cg)
+            for tap in itertools.product(*(range(k) for k in geo.kernel)):
+                starts = [tap[0] * geo.dilation[0] + r0 * geo.stride[0],
+                          *(t * dl for t, dl in zip(tap[1:], geo.dilation[1:]))]
+                index = tuple(slice(s0, s0 + st * (size - 1) + 1, st)
+                              for s0, st, size in zip(starts, geo.stride, (rows, *rest)))
+                target = grid[index]  # [rows, *rest, N, C]
+                source = taps[(Ellipsis, *tap, slice(None))]  # [rows, *rest, g, N, C/g]
+                if g == 1:
+                    target += source.squeeze(d)
+                else:
+                    target.unflatten(-1, (g, cg)).add_(source.transpose(d, d + 1))
