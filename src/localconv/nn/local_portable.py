@@ -4,11 +4,14 @@ Per output position l (and group g) the layer is one small GEMM, ``y[l, g] = col
 with ``cols[l, g]: [N, K]`` (the input window of every image, K = C/groups * prod(kernel)) and
 ``w[l, g]: [O/groups, K]``, so all positions are one batched matmul over a ``[L*groups, N, K]``
 column tensor. That tensor is ``prod(kernel)`` times the input, so it is never built whole: the
-forward processes positions in chunks of whole output "rows" (slabs of the first spatial dimension)
-whose columns fit in ``chunk_bytes`` (one reused buffer). This bounds the extra memory to one chunk
-and, on CPU, also saves time: freshly allocated large buffers cost a page fault per 4 KiB on first
-touch, several times the cost of the copy itself. The backward builds no columns at all: it splits
-K by kernel tap, where every GEMM operand is a strided view (see :func:`backward`).
+forward gathers only the windows along the dimensions after the first (``prod(kernel[1:])`` times the
+input, see :func:`_folded_products`) or, grouped or dilated along the first dimension, full columns
+for chunks of whole output "rows" (slabs of the first spatial dimension), in both cases into one
+reused buffer of at most ``chunk_bytes``. This bounds the extra memory and, on CPU, also saves time:
+freshly allocated large buffers cost a page fault per 4 KiB on first touch, several times the cost
+of the copy itself. Where its GEMMs are large enough, the backward builds no columns at all: it
+splits K by kernel tap, where every GEMM operand is a strided view (see :func:`backward`); else it
+gathers columns in chunks as well.
 
 K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then gathered from a
 channels-last copy of the input in runs of C/groups contiguous values, and each tap's input (and
@@ -257,10 +260,11 @@ def _fold_chunks(geo: Geometry, chunk_bytes: int | None, device: torch.device, i
     return [(q0, min(q0 + step, size)) for q0 in range(0, size, step)], min(step, size) * per_index
 
 
-def _folded_products(xp: torch.Tensor, w_rows: torch.Tensor, geo: Geometry, y: torch.Tensor,
-                     chunks: list[tuple[int, int]], buffer: torch.Tensor) -> None:
+def _folded_products(xp: torch.Tensor, weight: torch.Tensor, geo: Geometry, y: torch.Tensor,
+                     chunks: list[tuple[int, int]], buffer: torch.Tensor, w_line: torch.Tensor | None) -> None:
     """The same GEMMs (ungrouped, undilated first dimension) into ``y`` ``[*out[1:], out[0], N, O]``, from
-    the taps-last weight memory ``w_rows [L, O, K]`` and a gather of the windows along every dimension
+    the weight in taps-last order (its memory, else a copy per line into ``w_line``) and a gather of the
+    windows along every dimension
     but the first, ``[*out[1:], N, padded[0], *kernel[1:], C]``: ``prod(kernel[1:])`` times the input
     instead of ``prod(kernel)`` times (1-D: nothing gathered). There a window's K values, in (*kernel, c)
     order, are ``kernel[0]`` runs of ``prod(kernel[1:])*C`` and the runs of consecutive rows follow each
@@ -274,6 +278,13 @@ def _folded_products(xp: torch.Tensor, w_rows: torch.Tensor, geo: Geometry, y: t
     lines = math.prod(rest[1:])
     xs = xp.stride()
     spatial = xs[1:-1]
+    if w_line is None:
+        w_rows = _taps_last_memory(weight, geo, None).view(geo.positions, o, k)
+        w_strides = (math.prod(rest) * o * k, k, 1)
+    else:  # [out0, *rest, O, C, taps]: one line's weight transposed per line
+        by_line = weight.reshape(out0, math.prod(rest), o, c, geo.taps)
+        w_rows = w_line.view(out0, o, geo.taps, c)
+        w_strides = (o * k, k, 1)
     for q0, q1 in chunks:
         source = xp
         if d > 1:
@@ -287,8 +298,10 @@ def _folded_products(xp: torch.Tensor, w_rows: torch.Tensor, geo: Geometry, y: t
             a = source.as_strided((out0, n, k), (geo.stride[0] * inner, padded0 * inner, 1),
                                   source.storage_offset() + line * per_line)
             position = q0 * lines + line  # among the positions of the other dimensions
-            w = w_rows.as_strided((out0, o, k), (math.prod(rest) * o * k, k, 1),
-                                  w_rows.storage_offset() + position * o * k)
+            if w_line is None:
+                w = w_rows.as_strided((out0, o, k), w_strides, w_rows.storage_offset() + position * o * k)
+            else:
+                w = w_rows.copy_(by_line[:, position].transpose(-1, -2)).view(out0, o, k)
             torch.bmm(a, w.transpose(1, 2), out=y[position * out0:(position + 1) * out0])
 
 
@@ -302,15 +315,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     if folded:
         chunks, most = _fold_chunks(geo, chunk_bytes, x.device, x.element_size())
         taps_last = _is_taps_last(weight, geo.dims)
-        shapes += [(most,)] + ([] if taps_last else [(geo.positions, o, geo.taps, geo.input_shape[1])])
+        shapes += [(most,)] + ([] if taps_last else [(out0, o, geo.k)])
     else:
         chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
         shapes += [(most, o // g, geo.group_k), (most, n, geo.group_k)]
     y, xp, *work = _scratch(x, *shapes)
     xp = _padded_channels_last(x, geo.pads, xp)
     if folded:
-        w_rows = _taps_last_memory(weight, geo, None if taps_last else work[1]).view(geo.positions, o, geo.k)
-        _folded_products(xp, w_rows, geo, y, chunks, work[0])
+        _folded_products(xp, weight, geo, y, chunks, work[0], None if taps_last else work[1])
         # [*out[1:], out[0], N, O] memory seen as [N, g, O/g, out[0], prod(out[1:])]
         y_view = y.view(others, out0, n, 1, o).permute(2, 3, 4, 1, 0)
     else:
@@ -416,31 +428,39 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     per_tap = _tap_gemms(geo)
     # undilated and ungrouped, the weight gradient takes the last kernel dimension's taps in one GEMM
     run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
-    w_copy = need_input and not _is_taps_last(weight, d)
+    # A taps-last weight is read in place and gets a taps-last gradient (autograd keeps that layout);
+    # another is copied in taps-last order a line (chunk) at a time, its gradient copied back likewise.
+    taps_last = weight is not None and _is_taps_last(weight, d)
+    w_copy, gw_copy = need_input and not taps_last, need_weight and not taps_last
+    if per_tap:
+        blocks = m * g  # GEMMs per line
+    else:
+        chunks, blocks = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
     shapes: list[Sequence[int]] = [(o * positions, n)]
     shapes += [padded] * need_weight  # the padded input
     shapes += [(*padded[1:-1], n, c)] * need_input  # the input-gradient grid
-    shapes += [(positions, o, taps, cg)] * w_copy  # the weight in taps-last order
+    shapes += [(blocks, og, geo.group_k)] * w_copy  # the weight of a line (chunk), taps-last
     if per_tap:  # one line's weight gradient, tap-major
         shapes.append((taps // run, g, m, og, run * cg))
-    else:  # chunks of columns (then their gradients); the rows by group
-        chunks, most = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
-        shapes += [(most, n, geo.group_k)] + [(positions, g, og, n)] * (g > 1)
+    else:  # chunks of columns (then their gradients); their weight gradient; the rows by group
+        shapes += [(blocks, n, geo.group_k)] + [(blocks, og, geo.group_k)] * gw_copy + [(positions, g, og, n)] * (g > 1)
     grad_rows, *rest = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, grad_rows)  # [L, O, N]
     xp = _padded_channels_last(x, geo.pads, rest.pop(0)) if need_weight else None
     grid = rest.pop(0).zero_() if need_input else None
-    w_rows = _taps_last_memory(weight, geo, rest.pop(0) if w_copy else None) if need_input else None
-    grad_w = gw_rows = None
+    w_block = rest.pop(0) if w_copy else None
+    grad_w = None
     if need_weight:
-        grad_w = taps_last_empty((*geo.out_size, o, cg, *geo.kernel), d, grad_out.device, grad_out.dtype)
-        gw_rows = grad_w.permute(taps_last_order(d)).view(positions, g, og, taps, cg)
+        weight_shape = (*geo.out_size, o, cg, *geo.kernel)
+        grad_w = (taps_last_empty(weight_shape, d, grad_out.device, grad_out.dtype) if taps_last
+                  else grad_out.new_empty(weight_shape))
     if per_tap:
-        _tap_backward(geo, grad_rows, xp, gw_rows, grid, w_rows, rest[0], run)
+        _tap_backward(geo, grad_rows, xp, grad_w, grid, weight, w_block, rest[0], run)
     else:
-        _column_backward(geo, grad_rows, xp, gw_rows, grid, w_rows, chunks, rest[0], rest[1] if g > 1 else None)
-    if need_weight and (weight is None or not _is_taps_last(weight, d)):
-        grad_w = grad_w.contiguous()  # the weight's layout (autograd keeps a taps-last one)
+        buffer = rest.pop(0)
+        gw_block = rest.pop(0) if gw_copy else None
+        by_group = rest.pop(0) if g > 1 else None
+        _column_backward(geo, grad_rows, xp, grad_w, grid, weight, w_block, chunks, buffer, gw_block, by_group)
     grad_x = None
     if need_input:
         inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
@@ -449,17 +469,21 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     return grad_x, grad_w
 
 
-def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, gw_rows: torch.Tensor | None,
-                  grid: torch.Tensor | None, w_rows: torch.Tensor | None, gw_line: torch.Tensor, run: int) -> None:
-    """The per (line, tap, group) GEMMs of :func:`backward`: weight gradient into ``gw_rows``
-    ``[L, g, O/g, taps, C/g]`` (through ``gw_line``), input gradient added into ``grid``."""
+def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
+                  grid: torch.Tensor | None, weight: torch.Tensor | None, w_block: torch.Tensor | None,
+                  gw_line: torch.Tensor, run: int) -> None:
+    """The per (line, tap, group) GEMMs of :func:`backward`: weight gradient into ``grad_w`` (through
+    ``gw_line``, a line at a time), input gradient added into ``grid``; the weight read in place if
+    taps-last, else a line at a time through ``w_block``."""
     n, c = geo.input_shape[:2]
-    g, o, taps, m = geo.groups, geo.out_channels, geo.taps, geo.out_size[-1]
+    d, g, o, taps, m = geo.dims, geo.groups, geo.out_channels, geo.taps, geo.out_size[-1]
     og, cg = o // g, c // g
     group_rows = [grad_rows[:, j * og:(j + 1) * og] for j in range(g)]  # [L, O/g, N]
-    if gw_rows is not None:
+    if grad_w is not None:
         x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
-        gw_flat = gw_rows.view(geo.positions, g, og, taps // run, run * cg)
+        # [L, g, O/g, taps/run, run, C/g], a view in taps-last order of either layout
+        gw_rows = grad_w.permute(taps_last_order(d)).view(geo.positions, g, og, taps // run, run, cg)
+        gw_source = gw_line.view(taps // run, g, m, og, run, cg).permute(2, 1, 3, 0, 4, 5)
         for p0, entries in _line_taps(geo, run):
             line_rows = [rows[p0:p0 + m] for rows in group_rows]
             for t, offset, _ in entries:
@@ -468,26 +492,38 @@ def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | Non
                     torch.bmm(line_rows[j], x_taps, out=gw_line[t // run, j])
             # a batched GEMM writes a strided output one matrix at a time: the line goes through a
             # contiguous (cache-resident) block instead
-            gw_flat[p0:p0 + m].copy_(gw_line.permute(2, 1, 3, 0, 4))
+            gw_rows[p0:p0 + m].copy_(gw_source)
     if grid is not None:
         grid_strides, w_strides = (geo.stride[-1] * n * c, c, 1), (o * taps * cg, taps * cg, 1)
         group_rows_t = [rows.transpose(1, 2) for rows in group_rows]  # [L, N, O/g]
+        w_rows = weight.permute(taps_last_order(d))  # [*out, O, *kernel, C/g]
+        if w_block is None:
+            w_rows = w_rows.view(geo.positions, o, taps, cg)
+        else:
+            w_rows = w_rows.reshape(geo.positions, o, *geo.kernel, cg)
+            w_block = w_block.view(m, o, *geo.kernel, cg)
         for p0, entries in _line_taps(geo, 1):
             line_rows = [rows[p0:p0 + m] for rows in group_rows_t]
+            if w_block is None:  # the line's weight in place
+                w_line, w_offset = w_rows, w_rows.storage_offset() + p0 * o * taps * cg
+            else:
+                w_line = w_block.copy_(w_rows[p0:p0 + m])
+                w_offset = w_line.storage_offset()
             for t, _, offset in entries:
                 for j in range(g):
                     target = grid.as_strided((m, n, cg), grid_strides, grid.storage_offset() + offset + j * cg)
-                    w_tap = w_rows.as_strided((m, og, cg), w_strides,
-                                              w_rows.storage_offset() + ((p0 * o + j * og) * taps + t) * cg)
+                    w_tap = w_line.as_strided((m, og, cg), w_strides, w_offset + (j * og * taps + t) * cg)
                     target.baddbmm_(line_rows[j], w_tap)
 
 
-def _column_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, gw_rows: torch.Tensor | None,
-                     grid: torch.Tensor | None, w_rows: torch.Tensor | None, chunks: list[tuple[int, int]],
-                     buffer: torch.Tensor, by_group: torch.Tensor | None) -> None:
+def _column_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
+                     grid: torch.Tensor | None, weight: torch.Tensor | None, w_block: torch.Tensor | None,
+                     chunks: list[tuple[int, int]], buffer: torch.Tensor, gw_block: torch.Tensor | None,
+                     by_group: torch.Tensor | None) -> None:
     """:func:`backward` over gathered columns (chunks of rows): per chunk, the weight gradient is one
-    batched GEMM with the columns, the input gradient one into the columns' buffer, whose taps are
-    then added into ``grid`` (contiguous ``N*C`` slabs of the ``[*padded, N, C]`` grid)."""
+    batched GEMM with the columns (into ``grad_w``'s memory if taps-last, else through ``gw_block``),
+    the input gradient one into the columns' buffer, whose taps are then added into ``grid``
+    (contiguous ``N*C`` slabs of the ``[*padded, N, C]`` grid)."""
     n, c = geo.input_shape[:2]
     d, g, o, rest = geo.dims, geo.groups, geo.out_channels, geo.out_size[1:]
     og, cg, per_row = o // g, c // g, math.prod(rest) * g
@@ -497,11 +533,18 @@ def _column_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | 
         by_group = by_group.copy_(grad_rows.view(geo.positions, g, og, n)).view(-1, og, n)
     for r0, r1 in chunks:
         l0, l1, rows = r0 * per_row, r1 * per_row, r1 - r0
-        if gw_rows is not None:
+        if grad_w is not None:
             cols = _gather_columns(xp, geo, r0, r1, buffer[:l1 - l0])
-            torch.bmm(by_group[l0:l1], cols, out=gw_rows.view(-1, og, geo.group_k)[l0:l1])
+            if gw_block is None:  # taps-last: the GEMMs write the gradient in place
+                gw_rows = grad_w.permute(taps_last_order(d)).reshape(-1, og, geo.group_k)[l0:l1]
+                torch.bmm(by_group[l0:l1], cols, out=gw_rows)
+            else:  # [P*O, taps, C/g] -> [P*O, C/g, taps]: one batched transpose
+                torch.bmm(by_group[l0:l1], cols, out=gw_block[:l1 - l0])
+                positions = (l1 - l0) // g
+                gw = gw_block[:l1 - l0].view(positions * o, geo.taps, cg)
+                grad_w[r0:r1].view(positions * o, cg, geo.taps).copy_(gw.transpose(1, 2))
         if grid is not None:
-            w_cols = w_rows.view(-1, og, geo.group_k)[l0:l1]
+            w_cols = _weight_columns(weight[r0:r1], geo, None if w_block is None else w_block[:l1 - l0])
             grad_cols = torch.bmm(by_group[l0:l1].transpose(1, 2), w_cols, out=buffer[:l1 - l0])
             taps = grad_cols.view(rows, *rest, g, n, *geo.kernel, cg)
             for tap in itertools.product(*(range(k) for k in geo.kernel)):
