@@ -279,12 +279,11 @@ def _folded_products(xp: torch.Tensor, weight: torch.Tensor, geo: Geometry, y: t
     xs = xp.stride()
     spatial = xs[1:-1]
     if w_line is None:
-        w_rows = _taps_last_memory(weight, geo, None).view(geo.positions, o, k)
+        w_rows = weight.permute(taps_last_order(d)).view(geo.positions, o, k)  # its memory
         w_strides = (math.prod(rest) * o * k, k, 1)
     else:  # [out0, *rest, O, C, taps]: one line's weight transposed per line
         by_line = weight.reshape(out0, math.prod(rest), o, c, geo.taps)
         w_rows = w_line.view(out0, o, geo.taps, c)
-        w_strides = (o * k, k, 1)
     for q0, q1 in chunks:
         source = xp
         if d > 1:
@@ -350,17 +349,6 @@ def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torc
     n, o = geo.input_shape[0], geo.out_channels
     out.view(o * geo.positions, n).copy_(grad_out.reshape(n, o * geo.positions).t())
     return out.view(o, geo.positions, n).transpose(0, 1)
-
-
-def _taps_last_memory(weight: torch.Tensor, geo: Geometry, scratch: torch.Tensor | None) -> torch.Tensor:
-    """The weight's memory as a contiguous ``[L, O, taps, C/g]`` tensor: a view of a taps-last weight,
-    else a copy into ``scratch``."""
-    rows = weight.permute(taps_last_order(geo.dims))
-    shape = (geo.positions, geo.out_channels, geo.taps, geo.input_shape[1] // geo.groups)
-    if rows.is_contiguous():
-        return rows.view(shape)
-    assert scratch is not None
-    return scratch.view(shape).copy_(rows.reshape(shape))
 
 
 def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, geo: Geometry) -> torch.Tensor:
