@@ -42,3 +42,15 @@ def shared_jpeg() -> Path:
     if not (SHARED_JPEG / "train.tar.gz").exists():
         pytest.skip("shared JPEG CIFAR-10 copy not found")
     return SHARED_JPEG
+
+
+@pytest.fixture(autouse=True)
+def _float32_fast_recipe_on_every_cpu(monkeypatch, request):
+    """In-process tests see a CPU without native bf16, so that the fast recipe's arithmetic (bf16 autocast on
+    CPUs with AMX / AVX512-BF16, float32 elsewhere) does not depend on the machine running the suite; tests of
+    the bf16 path ask for it (``--amp`` / ``amp=True``) or patch ``native_bf16`` themselves."""
+    if "native_cpu_bf16" in request.keywords:
+        return
+    import localconv.training.engine as engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: device.type == "cuda")

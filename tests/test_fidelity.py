@@ -98,11 +98,16 @@ def test_corner_and_mirrored_crops_get_exactly_the_centre_patch_of_the_mean():
 def test_amp_resolution_keeps_original_recipes_in_float32():
     assert resolve_amp(None, "original", "cuda") is False
     assert resolve_amp(None, "fast", "cuda") is True
-    assert resolve_amp(None, "fast", "cpu") is False
+    assert resolve_amp(None, "fast", "cpu") is False  # a CPU without native bf16: emulated bf16 is slower
+    assert resolve_amp(None, "fast", "cpu", native_bf16=True) is True  # AMX / AVX512-BF16
+    assert resolve_amp(None, "original", "cpu", native_bf16=True) is False
     assert resolve_amp(True, "original", "cuda") is True  # an explicit --amp is honoured (and recorded)
     assert resolve_amp(False, "fast", "cuda") is False
-    # eval: --amp/--no-amp wins; else off on the CPU and, on CUDA, the run's own training setting
+    # eval: --amp/--no-amp wins; else the run's own training setting where bf16 is native, float32 elsewhere
     assert eval_amp(None, {"amp": True}, "cpu") is False
+    assert eval_amp(None, {"amp": True}, "cpu", native_bf16=True) is True
+    assert eval_amp(None, {"amp": False}, "cpu", native_bf16=True) is False
+    assert eval_amp(None, {"options": {"recipe": "fast", "amp": None}}, "cpu", native_bf16=True) is False  # older
     assert eval_amp(None, {"amp": True}, "cuda") is True
     assert eval_amp(None, {"amp": False, "options": {"recipe": "fast"}}, "cuda") is False
     assert eval_amp(None, {"options": {"recipe": "original", "amp": None}}, "cuda") is False  # older run.json

@@ -64,6 +64,24 @@ def test_plain_sgd_equals_torch_sgd() -> None:
     torch.testing.assert_close(a, b)
 
 
+def test_nesterov_equals_torch_sgd_nesterov_with_decay() -> None:
+    # at a constant rate, inc = -lr * buf of torch's SGD: W += m * inc - lr * (g + wc * W) is torch's
+    # W -= lr * (g' + m * buf) with g' = g + wc * W
+    torch.manual_seed(0)
+    start = torch.randn(5, 3, dtype=torch.float64)
+    a, b, c = (torch.nn.Parameter(start.clone()) for _ in range(3))
+    ours = ConvNetSGD([{"params": [a], "lr": 0.05, "momentum": 0.9, "wc": 5e-4, "nesterov": True}])
+    ref = torch.optim.SGD([b], lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    heavy_ball = ConvNetSGD([{"params": [c], "lr": 0.05, "momentum": 0.9, "wc": 5e-4}])
+    for _ in range(4):
+        g = torch.randn(5, 3, dtype=torch.float64)
+        a.grad, b.grad, c.grad = g.clone(), g.clone(), g.clone()
+        for opt in (ours, ref, heavy_ball):
+            opt.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert (a - c).abs().max() > 1e-3  # the option changes the step
+
+
 def test_state_dict_round_trip_continues_identically() -> None:
     torch.manual_seed(0)
     grads = [torch.randn(4) for _ in range(4)]

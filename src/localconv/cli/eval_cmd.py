@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on N test images only")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="images per evaluation batch")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: off on the CPU; on CUDA, as the run was trained: float32 for the "
-                        "original recipe, bf16 for the fast one)")
+                   help="bf16 autocast (default: as the run was trained, on CUDA and on CPUs with native bf16 (AMX or "
+                        "AVX512-BF16); float32 on other CPUs)")
     p.add_argument("--confusion", type=Path, default=None, help="write the confusion matrix (.csv or .png)")
     p.add_argument("--reliability", type=Path, default=None, help="write a reliability diagram (.png)")
     p.add_argument("--calibrate", action="store_true",
@@ -54,7 +54,7 @@ def write_confusion(path: Path, confusion, classes: list[str]) -> None:  # noqa:
 def run(args: argparse.Namespace) -> int:
     from ..data.loader import select_splits
     from ..training.checkpoint import load_run
-    from ..training.engine import resolve_device
+    from ..training.engine import native_bf16, resolve_device
     from ..training.evaluate import evaluate
     from ..training.precision import eval_amp
     from .common import data_options, load_data, run_classes
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if list(data.classes) != classes:
         raise LocalconvError(f"{args.data}: classes {data.classes} differ from the run's {classes}")
     views = "multiview" if args.multiview else "flip" if args.flip else "single"
-    amp = eval_amp(args.amp, meta, device.type)
+    amp = eval_amp(args.amp, meta, device.type, native_bf16(device))
     calibration = None
     if args.calibrate:
         calibration = _calibrate(args, model, data, data_args, device, images, labels, views, amp)

@@ -12,7 +12,8 @@ from ..errors import CheckpointError, LocalconvError
 from ..metrics import format_accuracy
 from .common import (DATA_OPTION_KEYS, add_data_args, add_device_arg, add_model_args, fit_model_to_classes, load_data,
                      model_from_args, non_negative_int, positive_float, positive_int)
-from .train_options import check_resume_data, check_resume_options, out_folder, record_given, seed_value
+from .train_options import (check_resume_data, check_resume_options, out_folder, recipe_setting, record_given,
+                            seed_value)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--recipe", choices=("original", "fast"), default=None,
                    help="training procedure (default: original on CPU, fast on CUDA)")
+    p.add_argument("--recipe-set", action="append", type=recipe_setting, default=None, metavar="KEY=VALUE",
+                   help="replace one of the recipe's settings (repeatable), e.g. batch_size=128, ema_decay=null, "
+                        "nesterov=false, weight_decay=null, label_smoothing=0; names and values: docs/speed.md")
     p.add_argument("--epochs", type=positive_float, default=None, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="minibatch size (default: the recipe's)")
     p.add_argument("--lr", type=positive_float, default=None, help="base learning rate (TF models, fast recipe)")
@@ -40,8 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=non_negative_int, default=1, help="epochs between evaluations")
     p.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs between checkpoints")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for the fast recipe on CUDA; the original recipe runs in "
-                        "float32 on every device unless --amp is given, which run.json records)")
+                   help="bf16 autocast (default: on for the fast recipe on CUDA and on CPUs with native bf16, AMX or "
+                        "AVX512-BF16; the original recipe runs in float32 on every device unless --amp is given; "
+                        "run.json records it)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--step", choices=("auto", "eager", "fused", "graph"), default="auto",
                    help="how a training step runs: eager (checks every loss before the update; needed by --watch, "
@@ -176,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
             recipe = "fast" if resolve_device(args.device).type == "cuda" else "original"
         options = TrainOptions(**{k: getattr(args, k) for k in OPTION_KEYS if k != "recipe"}, recipe=recipe,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress,
+                               recipe_overrides=dict(args.recipe_set) if args.recipe_set else None)
     options.validate()
     data = load_data(data_args.get("data"), Path(data_args["cache_dir"]) if data_args.get("cache_dir") else None,
                      progress=options.progress, options=data_args)

@@ -9,6 +9,7 @@ torch (the parser is built before torch is loaded).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,19 @@ def seed_value(text: str) -> int:
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {text}")
     return value
+
+
+def recipe_setting(text: str) -> tuple[str, Any]:
+    """argparse type of ``--recipe-set``: ``KEY=VALUE`` with a JSON value (true, false, null, a number), else
+    the text itself; the name and the value are checked against the recipe's settings (training/recipes.py)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. batch_size=128, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
 
 
 def out_folder(text: str) -> Path:

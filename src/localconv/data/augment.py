@@ -44,12 +44,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
 
 
-def draw_epoch_plan(n: int, spec: InputSpec, seed: int, epoch: int, image_size: int = 32) -> EpochPlan:
-    """Draw one epoch's shuffling and augmentation on the CPU (identical on every device)."""
+def draw_epoch_plan(n: int, spec: InputSpec, seed: int, epoch: int, image_size: int = 32,
+                    max_shift: int | None = None) -> EpochPlan:
+    """Draw one epoch's shuffling and augmentation on the CPU (identical on every device).
+
+    Crops lie anywhere in the image, or with ``max_shift`` within that many pixels of the centre crop
+    (the test view) in each direction."""
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     order = torch.randperm(n, generator=gen)
     max_off = image_size - spec.crop
-    offsets = torch.randint(0, max_off + 1, (n, 2), generator=gen)
+    if max_shift is None or 2 * max_shift >= max_off:
+        offsets = torch.randint(0, max_off + 1, (n, 2), generator=gen)
+    else:
+        offsets = max_off // 2 - max_shift + torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5 if spec.flip else torch.zeros(n, dtype=torch.bool)
     if spec.photometric:
         brightness = (torch.rand(n, generator=gen) * 2 - 1) * BRIGHTNESS_MAX_DELTA

@@ -144,7 +144,7 @@ class MonitorHistory:
 def data_loss(trainer: "Trainer", loss: torch.Tensor) -> torch.Tensor:
     """The trainer's loss without its weight-decay term and cost coefficient: the cross-entropy."""
     with torch.no_grad():
-        if trainer.recipe.use_regularization_loss:
+        if trainer.recipe.model_decay_in_loss:
             loss = loss - trainer.model.regularization_loss()
         return loss / trainer.loss_coeff if trainer.loss_coeff else loss
 

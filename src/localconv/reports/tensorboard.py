@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.augment import draw_epoch_plan, train_batch
+from ..data.augment import train_batch
 from ..diagnostics.monitor import LayerMonitor
 from ..errors import LocalconvError
 from ..metrics import LOSS_KEYS, auto_interval
@@ -108,8 +108,8 @@ class TensorBoardCallback(Callback):
         """The first images of the epoch's first batch as the network sees them, and as they are."""
         images = trainer.splits.train_images
         epoch = trainer.state.step // trainer.steps_per_epoch
-        spec = trainer.model.input_spec
-        plan = draw_epoch_plan(images.shape[0], spec, trainer.options.seed, epoch).batch(0, INPUT_IMAGES)
+        spec = trainer.train_spec
+        plan = trainer.draw_plan(images.shape[0], trainer.options.seed, epoch).batch(0, INPUT_IMAGES)
         plan = plan.to(images.device)
         mean = trainer.model.pixel_mean if trainer.model.needs_pixel_mean() else None
         with torch.no_grad():

@@ -12,6 +12,7 @@ uninterrupted run on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -40,8 +41,8 @@ from .holdout import HOLDOUT_MODES, Holdout, choose_holdout
 from .layer_hooks import first_nonfinite_layer
 from .loss_meter import LossMeter
 from .precision import resolve_amp
-from .recipes import (RecipeSettings, build_optimizer, build_schedule, count_params, default_settings,
-                      first_phase_epochs, model_family, set_lr)
+from .recipes import (RecipeSettings, build_optimizer, check_overrides, build_schedule, count_params, default_settings,
+                      first_phase_epochs, model_family, recorded_settings, set_lr, with_overrides)
 from .schedule import EpochClock
 
 
@@ -57,7 +58,7 @@ class TrainOptions:
     schedule: str | None = None        # "EPOCHS:MULT,..." phases
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None            # bf16 autocast; None: on for the fast recipe on CUDA (original: float32)
+    amp: bool | None = None            # bf16 autocast; None: the fast recipe's where bf16 is native (precision.py)
     compile: bool = False
     step: str = "auto"                 # auto | eager | fused | graph (see training/fused_step.py)
     eval_every: int = 1                # epochs between evaluations (0: only at the end)
@@ -69,6 +70,8 @@ class TrainOptions:
     progress: bool = True
     log_every: int | None = None       # steps between step-level metrics.jsonl lines (0: none; None: 50,
                                        # fewer for short runs, see metrics.auto_interval)
+    recipe_overrides: dict[str, Any] | None = None  # replace some of the recipe's settings (recipes.with_overrides):
+                                       # ablations, e.g. {"batch_size": 128, "ema_decay": None}
 
     def validate(self) -> None:
         if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
@@ -85,6 +88,7 @@ class TrainOptions:
             raise LocalconvError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.step not in STEP_MODES:
             raise LocalconvError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+        check_overrides(self.recipe_overrides)
         if self.holdout not in HOLDOUT_MODES:
             raise LocalconvError(f"--holdout must be one of {', '.join(HOLDOUT_MODES)}, got {self.holdout!r}")
 
@@ -100,6 +104,17 @@ def resolve_device(name: str) -> torch.device:
     if index and int(index) >= torch.cuda.device_count():
         raise LocalconvError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA, or a CPU with AMX or AVX512-BF16 (oneDNN's fast bf16
+    paths; without them bf16 is emulated, slower than float32)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
 
 
 FUSED_POLL_EVERY = 25  # steps between the fused step's host checks (non-finite loss, progress bar)
@@ -144,8 +159,14 @@ class Trainer:
         self.data_info = data_info or {}
         self.classes = classes or [str(i) for i in range(model.num_classes)]
         self.callbacks = list(callbacks)
-        self.amp = resolve_amp(options.amp, options.recipe, self.device.type)
-        self.recipe: RecipeSettings = default_settings(options.recipe, model, self.device.type == "cuda")
+        self.amp = resolve_amp(options.amp, options.recipe, self.device.type, native_bf16(self.device))
+        self.recipe: RecipeSettings = with_overrides(default_settings(options.recipe, model, self.device.type == "cuda"),
+                                                     options.recipe_overrides)
+        if resume:  # exactly the run's own settings and arithmetic, also when this version's defaults differ
+            recorded = read_meta(self.run_dir)
+            self.recipe = with_overrides(self.recipe, recorded_settings(recorded.get("recipe") or {}))
+            if options.amp is None and isinstance(recorded.get("amp"), bool):
+                self.amp = recorded["amp"]
         self.batch_size = options.batch_size or self.recipe.batch_size  # global batch
         self.local_batch = ddp.local_batch_size(self.batch_size, dist_ctx)
         self.epochs = options.epochs or self.recipe.epochs
@@ -176,6 +197,9 @@ class Trainer:
         self.schedule = build_schedule(self.recipe, model, self.steps_per_epoch, self.epochs, options.schedule,
                                        clock=self.clock)
         self.ema = WeightEMA(model, self.recipe.ema_decay, self.recipe.ema_warmup) if self.recipe.ema_decay else None
+        # the training batches' preparation: the model's, less the photometric jitter if the recipe drops it
+        self.train_spec = model.input_spec if self.recipe.photometric is None else \
+            dataclasses.replace(model.input_spec, photometric=model.input_spec.photometric and self.recipe.photometric)
         self.loss_coeff = float(getattr(model, "loss_coeff", 1.0))
         self.state = TrainState()
         self.last_terms: torch.Tensor | None = None  # [loss/total, loss/cross_entropy] of the last step
@@ -249,15 +273,19 @@ class Trainer:
                 f"{m['phase1_train_images']:,} images with {m['holdout_images']:,} held out ({m['holdout']}) as its "
                 f"validation set{later}; --holdout none trains every phase on all images")
 
+    def draw_plan(self, n: int, seed: int, epoch: int) -> EpochPlan:
+        """One epoch's order and augmentation of ``n`` images, as this run's recipe prepares training batches."""
+        return draw_epoch_plan(n, self.train_spec, seed, epoch, max_shift=self.recipe.crop_jitter)
+
     def epoch_plan(self, step: int, seed: int) -> tuple[EpochPlan, int, int, bool]:
         """The plan of the epoch holding the step after ``step`` steps (drawn on the CPU, in training-set
         positions), the step within that epoch, its number of steps, and whether it is a held-out phase-1 epoch."""
         epoch, first, epoch_steps = self.clock.locate(step)
         phase1 = self.clock.in_first_phase(step)
         if not phase1:
-            return draw_epoch_plan(self.splits.train_images.shape[0], self.model.input_spec, seed, epoch), \
+            return self.draw_plan(self.splits.train_images.shape[0], seed, epoch), \
                 first, epoch_steps, False
-        plan = draw_epoch_plan(self.holdout_kept.numel(), self.model.input_spec, seed, epoch)
+        plan = self.draw_plan(self.holdout_kept.numel(), seed, epoch)
         return (EpochPlan(self.holdout_kept[plan.order], plan.offsets, plan.flips, plan.brightness, plan.contrast),
                 first, epoch_steps, True)
 
@@ -333,7 +361,7 @@ class Trainer:
         smoothing = self.recipe.label_smoothing
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         loss = self.loss_coeff * ce
-        if self.recipe.use_regularization_loss:
+        if self.recipe.model_decay_in_loss:
             loss = loss + self.model.regularization_loss()
         with torch.no_grad():
             plain = F.cross_entropy(logits.detach().float(), labels) if smoothing else ce
@@ -382,8 +410,8 @@ class Trainer:
         t0 = time.perf_counter()
         if self.step_mode == "eager":
             if self.options.compile:
-                spec = self.model.input_spec
-                plan = draw_epoch_plan(self.local_batch, spec, self.options.seed, 0).to(self.device)
+                spec = self.train_spec
+                plan = self.draw_plan(self.local_batch, self.options.seed, 0).to(self.device)
                 mean = self.model.pixel_mean if self.model.needs_pixel_mean() else None
                 x = train_batch(self.splits.train_images[:self.local_batch], plan, spec, mean)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -493,7 +521,7 @@ class Trainer:
                    unit="step",
                    dynamic_ncols=True, leave=True, desc="train")
         images, labels = self.splits.train_images, self.splits.train_labels
-        spec, mean = self.model.input_spec, getattr(self.model, "pixel_mean", None)
+        spec, mean = self.train_spec, getattr(self.model, "pixel_mean", None)
         # each rank draws its own plan over its own shard
         plan_seed = self.options.seed + (1_000_003 * self.dist.rank if self.dist else 0)
         mean = mean if self.model.needs_pixel_mean() else None

@@ -36,7 +36,7 @@ class FusedStep:
         device, n = trainer.device, trainer.splits.train_images.shape[0]
         self.batch = trainer.local_batch
         self.images, self.labels = trainer.splits.train_images, trainer.splits.train_labels
-        self.spec = trainer.model.input_spec
+        self.spec = trainer.train_spec
         self.plan = EpochPlan(torch.zeros(n, dtype=torch.long, device=device),
                               torch.zeros(n, 2, dtype=torch.long, device=device),
                               torch.zeros(n, dtype=torch.bool, device=device),
@@ -64,7 +64,8 @@ class FusedStep:
                 state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return {"params": list(group["params"]), "buffers": [state[p]["momentum_buffer"] for p in group["params"]],
                 "base_lr": float(group["base_lr"]), "scheduled": bool(group.get("scheduled", True)),
-                "momentum": float(group["momentum"]), "wc": float(group["wc"])}
+                "momentum": float(group["momentum"]), "wc": float(group["wc"]),
+                "nesterov": bool(group.get("nesterov", False))}
 
     # ------------------------------------------------------------------ host side
     def start_epoch(self, plan: EpochPlan, first_step_in_epoch: int) -> None:
@@ -158,6 +159,7 @@ class FusedStep:
 
     def _update(self) -> None:
         # cuda-convnet's rule (optim.ConvNetSGD): inc = momentum * inc - lr * (grad + wc * W); W += inc
+        # (nesterov: W += momentum * inc - lr * (grad + wc * W))
         last = self.multipliers.numel() - 1
         # index_select, not multipliers[step]: indexing with a 0-dim tensor reads the index on the host
         multiplier = self.multipliers.index_select(0, self.step.clamp(max=last).view(1)).view(())
@@ -172,7 +174,11 @@ class FusedStep:
             torch._foreach_mul_(grads, multiplier * -g["base_lr"] if g["scheduled"] else -g["base_lr"])
             torch._foreach_mul_(buffers, g["momentum"])
             torch._foreach_add_(buffers, grads)
-            torch._foreach_add_(params, buffers)
+            if g["nesterov"]:
+                torch._foreach_add_(grads, buffers, alpha=g["momentum"])
+                torch._foreach_add_(params, grads)
+            else:
+                torch._foreach_add_(params, buffers)
         ema = self.trainer.ema
         if ema is not None:  # shadow += (1 - decay) * (live - shadow), decay with TF's num_updates warm-up
             # 1 - decay computed directly (1 - min(d, (1+t)/(10+t)) = max(1-d, 9/(10+t))): in float32,

@@ -4,9 +4,10 @@ Per parameter tensor ``W`` with group hyperparameters ``lr`` (epsW/epsB), ``mome
 and ``wc`` (weight decay; 0 for biases), given the gradient of the minibatch-mean loss::
 
     inc = momentum * inc - wc * lr * W - lr * grad
-    W  += inc
+    W  += inc                                          (nesterov: W += momentum * inc - wc * lr * W - lr * grad)
 
-``inc`` is kept in ``state[p]["momentum_buffer"]``. It already contains the learning rate of the
+``inc`` is kept in ``state[p]["momentum_buffer"]``. A group with ``nesterov=True`` takes Nesterov's step,
+the same as ``torch.optim.SGD(nesterov=True)`` at a constant rate. It already contains the learning rate of the
 steps that made it, so changing ``lr`` between steps (a schedule phase) scales only the new terms,
 exactly as cuda-convnet. With ``momentum=0, wc=0`` this is plain SGD (the TF tutorial's optimizer).
 """
@@ -66,6 +67,7 @@ class ConvNetSGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, wc = group["lr"], group["momentum"], group["wc"]
+            nesterov = group.get("nesterov", False)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -75,11 +77,10 @@ class ConvNetSGD(torch.optim.Optimizer):
                 inc = state.get("momentum_buffer")
                 if inc is None:
                     inc = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                inc.mul_(momentum)
-                if wc:
-                    inc.add_(p, alpha=-wc * lr)
-                inc.add_(p.grad, alpha=-lr)
-                p.add_(inc)
+                # -lr * (grad + wc * W), in the fused step's order of operations (fused_step.py)
+                step = (p.grad.add(p, alpha=wc) if wc else p.grad.clone()).mul_(-lr)
+                inc.mul_(momentum).add_(step)
+                p.add_(step.add_(inc, alpha=momentum) if nesterov else inc)
         return loss
 
 

@@ -13,7 +13,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
 
 from torch import nn
 
@@ -41,7 +42,68 @@ class RecipeSettings:
     label_smoothing: float = 0.0
     use_regularization_loss: bool = True
     tta: str = "none"  # eval-time views during training: none | flip
+    nesterov: bool = False  # Nesterov's momentum step (fast recipe)
+    weight_decay: float | None = None  # None: each layer's published decay; a number: this L2 decay on every
+                                       # weight tensor (none on biases) in the update, instead of the model's
+    photometric: bool | None = None  # None: the model's input spec; False: no brightness/contrast jitter
+    crop_jitter: int | None = None  # None: random crops anywhere; J: within J pixels of the centre crop
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def model_decay_in_loss(self) -> bool:
+        """Whether the model's own loss-term decay (TF's ``wd * sum(W^2) / 2``) is part of the loss."""
+        return self.use_regularization_loss and self.weight_decay is None
+
+
+# What each setting accepts (TrainOptions.recipe_overrides): a check and the expectation it states.
+_SETTING_CHECKS: dict[str, tuple[Any, str]] = {
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "epochs": (lambda v: _is_number(v) and 0 < v < float("inf"), "a number > 0"),
+    "ema_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1)"),
+    "ema_warmup": (lambda v: isinstance(v, bool), "true or false"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "use_regularization_loss": (lambda v: isinstance(v, bool), "true or false"),
+    "tta": (lambda v: v in ("none", "flip"), "'none' or 'flip'"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "weight_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < float("inf")), "null or a number >= 0"),
+    "photometric": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
+    "crop_jitter": (lambda v: v is None or (_is_int(v) and v >= 0), "null or a whole number >= 0"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def with_overrides(settings: RecipeSettings, overrides: dict[str, Any] | None) -> RecipeSettings:
+    """``settings`` with some fields replaced (``TrainOptions.recipe_overrides``: ablations, and the exact
+    settings of a run being resumed); an unknown name or a bad value is refused naming it."""
+    check_overrides(overrides)
+    return replace(settings, **overrides) if overrides else settings
+
+
+def check_overrides(overrides: dict[str, Any] | None) -> None:
+    """Refuse an unknown setting name or a value it does not accept, naming it."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise LocalconvError(f"recipe_overrides: expected a dict of settings, got {overrides!r}")
+    for key, value in (overrides or {}).items():
+        if key not in _SETTING_CHECKS:
+            raise LocalconvError(f"recipe setting {key!r} is unknown; known: {', '.join(sorted(_SETTING_CHECKS))}")
+        check, expected = _SETTING_CHECKS[key]
+        if not check(value):
+            raise LocalconvError(f"recipe setting {key}: expected {expected}, got {value!r}")
+
+
+def recorded_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Every overridable setting of a run.json ``recipe`` record: a resumed run continues with exactly these.
+    A setting an older run did not record takes its field default, which is the behaviour of that time
+    (new settings are added with a default that changes nothing; recipes set their new values explicitly)."""
+    settings = {f.name: recorded.get(f.name, f.default) for f in fields(RecipeSettings) if f.name in _SETTING_CHECKS}
+    return {key: value for key, value in settings.items() if value is not MISSING}
 
 
 def model_family(model: Classifier) -> str:
@@ -82,6 +144,7 @@ def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None,
     # A group's step size per image is lr / (1 - momentum) / batch; keep that ratio, scaled linearly with
     # the batch relative to the published 128, so every layer keeps its published relative rate.
     groups = []
+    names = {id(p): name for name, p in model.named_parameters()}
     for g in model.param_groups():
         base = lr if (lr is not None and model_family(model) == "tf") else g.lr
         if lr is not None and model_family(model) != "tf":
@@ -89,8 +152,18 @@ def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None,
                                  "file; use --lr-scale to multiply them all")
         fast_lr = base * (batch_size / 128) * (1 - FAST_MOMENTUM) / max(1e-3, 1 - g.momentum)
         fast_lr *= FAST_LR_BOOST * lr_scale
-        groups.append({"params": g.params, "lr": fast_lr, "base_lr": fast_lr, "momentum": FAST_MOMENTUM,
-                       "wc": g.wc, "name": g.name, "scheduled": True})
+        common = {"lr": fast_lr, "base_lr": fast_lr, "momentum": FAST_MOMENTUM, "nesterov": recipe.nesterov,
+                  "scheduled": True}
+        if recipe.weight_decay is None:  # the model's own per-layer decay (wc here, TF's loss term elsewhere)
+            groups.append({"params": g.params, "wc": g.wc, "name": g.name, **common})
+            continue
+        # one decay for every weight tensor and none for biases, in place of the model's own
+        weights = [p for p in g.params if not _is_bias(names[id(p)])]
+        biases = [p for p in g.params if _is_bias(names[id(p)])]
+        for part, params, wc in (("weights", weights, recipe.weight_decay), ("biases", biases, 0.0)):
+            if params:
+                name = g.name if not (weights and biases) else f"{g.name} ({part})"
+                groups.append({"params": params, "wc": wc, "name": name, **common})
     return ConvNetSGD(groups)
 
 

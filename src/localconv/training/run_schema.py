@@ -175,6 +175,7 @@ OPTIONS = Obj(fields={
     "skip_nonfinite": Bool(),
     "progress": Bool(),
     "log_every": Int(min=0, nullable=True),
+    "recipe_overrides": MapOf(value=Anything(), nullable=True),
 })
 
 DATA = Obj(fields={
