@@ -52,9 +52,9 @@ def test_one_weight_decay_on_every_weight_replaces_the_models_own(fake_cifar, tm
     loss, terms = t.loss_terms(logits, labels)
     assert loss.item() == pytest.approx(terms[1].item(), rel=1e-6)  # no decay term in the loss
     assert terms[0].item() > loss.item() + 1e-3  # loss/total reports the update's decay
-    default = make_trainer(fake_cifar, tmp_path / "b", recipe="fast", epochs=1)
-    assert default.recipe.model_decay_in_loss and all(g["wc"] == 0.0 for g in default.optimizer.param_groups)
-    assert default.loss_terms(logits, labels)[0].item() > terms[1].item() + 1e-3  # TF's decay in the loss
+    own = make_trainer(fake_cifar, tmp_path / "b", recipe="fast", epochs=1, recipe_overrides={"weight_decay": None})
+    assert own.recipe.model_decay_in_loss and all(g["wc"] == 0.0 for g in own.optimizer.param_groups)
+    assert own.loss_terms(logits, labels)[0].item() > terms[1].item() + 1e-3  # TF's decay in the loss
 
 
 def test_cfg_model_untied_biases_are_not_decayed(fake_cifar, tmp_path):
@@ -78,21 +78,27 @@ def test_fast_recipe_uses_bf16_on_a_cpu_with_native_bf16_only(fake_cifar, tmp_pa
 
 def test_resume_continues_with_the_recorded_settings_and_precision(fake_cifar, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    first = make_trainer(fake_cifar, run, recipe="fast", epochs=1, batch_size=24, eval_every=0)
+    first = make_trainer(fake_cifar, run, recipe="fast", epochs=1, batch_size=24, eval_every=0,
+                         recipe_overrides={"nesterov": False, "weight_decay": None})
     first.fit()
     meta = json.loads((run / "run.json").read_text())
     assert meta["amp"] is False and meta["recipe"]["nesterov"] is False
     # this version's defaults change (as when a newer localconv resumes an older run): the run keeps its own
+    default_settings = engine.default_settings
     monkeypatch.setattr(engine, "native_bf16", lambda device: True)
     monkeypatch.setattr(engine, "default_settings", lambda *a, **k: engine.with_overrides(
         first.recipe, {"nesterov": True, "label_smoothing": 0.3, "weight_decay": 1e-3}))
     resumed = make_trainer(fake_cifar, run, resume=True, recipe="fast", epochs=2, batch_size=24, eval_every=0)
     assert resumed.amp is False
     assert (resumed.recipe.nesterov, resumed.recipe.label_smoothing, resumed.recipe.weight_decay) == (False, 0.1, None)
-    # a run.json written before a setting existed: the setting's default (the behaviour of that time)
-    del meta["recipe"]["nesterov"]
+    # a run.json written before a setting existed: the setting's default (the behaviour of that time), not
+    # this version's fast-recipe value
+    monkeypatch.setattr(engine, "default_settings", default_settings)
+    assert make_trainer(fake_cifar, tmp_path / "fresh", recipe="fast").recipe.nesterov is True  # today's CPU default
+    del meta["recipe"]["nesterov"], meta["recipe"]["lr_boost"]
     (run / "run.json").write_text(json.dumps(meta))
-    assert make_trainer(fake_cifar, run, resume=True, recipe="fast", batch_size=24).recipe.nesterov is False
+    old = make_trainer(fake_cifar, run, resume=True, recipe="fast", batch_size=24)
+    assert old.recipe.nesterov is False and old.recipe.lr_boost == 3.0
 
 
 def test_photometric_setting_drops_the_jitter_from_training_batches_only(fake_cifar, tmp_path):

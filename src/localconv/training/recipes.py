@@ -7,9 +7,15 @@
               batch 128, a phase schedule of epsW multipliers, no averaging; phase 1 trains without batch 5
               and is validated on it when the run asks for cuda-convnet's methodology (holdout.py).
               Both families train in float32 unless --amp is given (precision.py).
-``fast``      modern practice on the same, unchanged layers: each model's own per-layer learning rates and
-              decay moved to momentum 0.9 and batch 512 (GPU) / 256 (CPU) with linear scaling, warm-up +
-              linear decay to zero, label smoothing 0.1, weight averaging (EMA) and flip test-time averaging.
+``fast``      modern practice on the same, unchanged layers: each model's own per-layer learning rates moved
+              to momentum 0.9 and the larger batch with linear scaling, warm-up + linear decay to zero, label
+              smoothing 0.1 and flip test-time averaging; bf16 where the device computes it natively
+              (precision.py). GPU (batch 512, tuned for 30-40 epochs on an H200): the model's own decay, EMA
+              0.999, random crops anywhere. CPU (batch 128, tuned for 8 epochs on 2 cores, BENCHMARKS.md "Fast
+              recipe on the CPU"): twice the GPU's peak rate, Nesterov, weight decay 5e-4 on every weight, no
+              EMA, crops within 2 pixels of the centre.
+The settings are fields of :class:`RecipeSettings`; ``TrainOptions.recipe_overrides`` (``--recipe-set``) replaces
+any of them, and run.json records them all (docs/speed.md, "Recipes and their settings").
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ class RecipeSettings:
                                        # weight tensor (none on biases) in the update, instead of the model's
     photometric: bool | None = None  # None: the model's input spec; False: no brightness/contrast jitter
     crop_jitter: int | None = None  # None: random crops anywhere; J: within J pixels of the centre crop
+    lr_boost: float = FAST_LR_BOOST  # fast recipe: peak rate over the linearly scaled published rates
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,6 +75,7 @@ _SETTING_CHECKS: dict[str, tuple[Any, str]] = {
     "weight_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < float("inf")), "null or a number >= 0"),
     "photometric": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
     "crop_jitter": (lambda v: v is None or (_is_int(v) and v >= 0), "null or a whole number >= 0"),
+    "lr_boost": (lambda v: _is_number(v) and 0 < v < float("inf"), "a number > 0"),
 }
 
 
@@ -119,8 +127,14 @@ def default_settings(recipe: str, model: Classifier, on_gpu: bool) -> RecipeSett
             return RecipeSettings("original", 128, TF_EPOCHS, ema_decay=0.9999, ema_warmup=True)
         phases = parse_schedule(convnet_schedule_text(model, None))
         return RecipeSettings("original", 128, sum(p.epochs for p in phases), ema_decay=None)
-    return RecipeSettings("fast", 512 if on_gpu else 256, 30 if family == "tf" else 40, ema_decay=0.999,
-                          ema_warmup=True, label_smoothing=0.1, use_regularization_loss=True, tta="flip")
+    epochs = 30 if family == "tf" else 40
+    if on_gpu:
+        return RecipeSettings("fast", 512, epochs, ema_decay=0.999, ema_warmup=True, label_smoothing=0.1,
+                              use_regularization_loss=True, tta="flip")
+    # CPU: chosen by the 8-epoch experiments of BENCHMARKS.md, "Fast recipe on the CPU" (each changed setting
+    # measured alone and together; tf-tutorial 75.5% -> 77.8%+, cc-11pct 72.3% -> 76.3%, flip, one seed)
+    return RecipeSettings("fast", 128, epochs, ema_decay=None, label_smoothing=0.1, use_regularization_loss=True,
+                          tta="flip", nesterov=True, weight_decay=5e-4, crop_jitter=2, lr_boost=2 * FAST_LR_BOOST)
 
 
 def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None, lr_scale: float,
@@ -151,7 +165,7 @@ def build_optimizer(recipe: RecipeSettings, model: Classifier, lr: float | None,
             raise LocalconvError("--lr: cfg models take their learning rates (epsW/epsB) from the params "
                                  "file; use --lr-scale to multiply them all")
         fast_lr = base * (batch_size / 128) * (1 - FAST_MOMENTUM) / max(1e-3, 1 - g.momentum)
-        fast_lr *= FAST_LR_BOOST * lr_scale
+        fast_lr *= recipe.lr_boost * lr_scale
         common = {"lr": fast_lr, "base_lr": fast_lr, "momentum": FAST_MOMENTUM, "nesterov": recipe.nesterov,
                   "scheduled": True}
         if recipe.weight_decay is None:  # the model's own per-layer decay (wc here, TF's loss term elsewhere)
