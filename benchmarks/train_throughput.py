@@ -35,6 +35,7 @@ CONFIGS = {  # name: extra `localconv train` arguments
     "fast --no-amp": ["--recipe", "fast", "--no-amp"],
     "fast --no-amp --batch-size 256": ["--recipe", "fast", "--no-amp", "--batch-size", "256"],
     "fast --limit-train 5000": ["--recipe", "fast", "--limit-train", "5000"],
+    "fast --eval-every 0": ["--recipe", "fast", "--eval-every", "0"],
 }
 BASELINE = "original"
 
@@ -53,8 +54,8 @@ def run_one(model: str, extra: list[str], data: str, epochs: float, threads: int
         epochs_rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                       if json.loads(line).get("kind") == "epoch"]
         run = json.loads((out / "run.json").read_text())
-    train_s = sum(r["images_per_s"] and run["steps_per_epoch"] * run["batch_size"] / r["images_per_s"]
-                  for r in epochs_rec)
+    steps = [0] + [r["step"] for r in epochs_rec]  # images of each record: its steps times the batch
+    train_s = sum((b - a) * run["batch_size"] / r["images_per_s"] for a, b, r in zip(steps, steps[1:], epochs_rec))
     return {"train_images_per_s": statistics.median(r["images_per_s"] for r in epochs_rec),
             "eval_s_per_epoch": max(0.0, epochs_rec[-1]["wall_s"] - train_s) / len(epochs_rec),
             "process_s": process_s, "batch_size": run["batch_size"], "amp": run["amp"],
