@@ -162,8 +162,8 @@ class Trainer:
         self.amp = resolve_amp(options.amp, options.recipe, self.device.type, native_bf16(self.device))
         self.recipe: RecipeSettings = with_overrides(default_settings(options.recipe, model, self.device.type == "cuda"),
                                                      options.recipe_overrides)
-        if resume:  # exactly the run's own settings and arithmetic, also when this version's defaults differ
-            recorded = read_meta(self.run_dir)
+        recorded = read_meta(self.run_dir) if resume else None  # run.json, read once (also by _restore)
+        if recorded is not None:  # exactly the run's own settings and arithmetic, also when the defaults differ
             self.recipe = with_overrides(self.recipe, recorded_settings(recorded.get("recipe") or {}))
             if options.amp is None and isinstance(recorded.get("amp"), bool):
                 self.amp = recorded["amp"]
@@ -218,8 +218,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
         self.step_mode = self._resolve_step_mode()
         self.fused: FusedStep | None = None  # see _fused_runner
-        if resume:
-            self._restore()
+        if recorded is not None:
+            self._restore(recorded)
 
     def _resolve_step_mode(self) -> str:
         """eager (the default on CPU and whenever a run needs it) or the device-side fused / graph step."""
@@ -323,8 +323,7 @@ class Trainer:
         save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
                         self.ema.state_dict() if self.ema else None, optim_state)
 
-    def _restore(self) -> None:
-        meta = read_meta(self.run_dir)
+    def _restore(self, meta: dict[str, Any]) -> None:
         if meta["model"] != model_spec(self.model):
             raise CheckpointError(f"{self.run_dir}: checkpoint is for model {meta['model'].get('name') or 'cfg'}, "
                                   "not this one")

@@ -30,7 +30,7 @@ def eval_amp(requested: bool | None, meta: dict[str, Any], device_type: str, nat
     recorded = meta.get("amp")
     if isinstance(recorded, bool):
         return recorded
+    if device_type != "cuda":  # runs written before run.json recorded "amp" trained in bf16 only on CUDA
+        return False
     options = meta.get("options") or {}
-    # runs written before run.json recorded "amp" trained in bf16 only on CUDA
-    return resolve_amp(options.get("amp"), str(options.get("recipe") or "original"), "cuda") and \
-        device_type == "cuda"
+    return resolve_amp(options.get("amp"), str(options.get("recipe") or "original"), "cuda")
