@@ -107,10 +107,12 @@ def test_portable_row_chunks_match_reference(case: tuple, monkeypatch: pytest.Mo
     assert_matches_reference(case, lambda x, w, b, s, p: local_conv2d(x, w, b, s, p, backend="portable"))
 
 
-# The portable backward has two strategies, chosen by GEMM size (local_portable._tap_gemms): per-tap
-# GEMMs on strided views or gathered columns. Each is forced here, on N-D, strided, dilated and grouped
-# cases, with a contiguous and a taps-last weight; gradcheck takes the fused first-order backward,
-# gradgradcheck the separate gradients.
+# The portable backward has three strategies, chosen by GEMM size (local_portable._tap_gemms) and
+# geometry (local_portable._row_gemms): the input gradient per target row with K = kernel[-1]*O (one group,
+# stride and dilation 1 along the last dimension; "rows-slabs" builds its regrouped weight one output row of
+# the first dimension at a time), per-tap GEMMs on strided views, or gathered columns. Each is forced here,
+# on N-D, strided, dilated, grouped and over-padded cases, with a contiguous and a taps-last weight;
+# gradcheck takes the fused first-order backward, gradgradcheck the separate gradients.
 # (id, N, C, size, O, kernel, stride, padding pairs, dilation, groups)
 STRATEGY_CASES = [
     ("1d-strided-dilated", 2, 2, (9,), 2, (2,), (2,), (0, 2), (3,), 1),
@@ -118,16 +120,35 @@ STRATEGY_CASES = [
     ("2d-strided-dilated", 2, 2, (7, 6), 3, (2, 3), (2, 1), (1, 1, 0, 2), (2, 1), 1),
     ("2d-grouped", 2, 4, (4, 5), 4, (2, 2), (1, 2), (0, 1, 1, 0), (1, 1), 2),
     ("3d-dilated-grouped", 1, 4, (4, 3, 4), 2, (2, 1, 2), (1, 1, 2), (1, 0, 0, 0, 0, 1), (2, 1, 1), 2),
+    ("1d-padded-past-the-kernel", 2, 2, (5,), 2, (3,), (1,), (3, 4), (1,), 1),
+    ("3d-strided", 1, 2, (3, 3, 4), 2, (2, 2, 2), (1, 2, 1), (1, 0, 0, 1, 1, 0), (1, 1, 1), 1),
 ]
+STRATEGIES = {"rows": (0, True, None), "rows-slabs": (0, True, 1), "per-tap": (0, False, None),
+              "columns": (1 << 62, False, None)}  # (TAP_GEMM_MIN_MACS, rows allowed, CPU_CHUNK_BYTES)
 
 
-@pytest.mark.parametrize("min_macs", [0, 1 << 62], ids=["per-tap", "columns"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("taps_last", [False, True], ids=["contiguous", "taps-last"])
 @pytest.mark.parametrize("case", STRATEGY_CASES, ids=[c[0] for c in STRATEGY_CASES])
-def test_backward_strategies_gradcheck(case: tuple, taps_last: bool, min_macs: int,
+def test_backward_strategies_gradcheck(case: tuple, taps_last: bool, strategy: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_portable, "TAP_GEMM_MIN_MACS", min_macs)
+    min_macs, rows, chunk_bytes = STRATEGIES[strategy]
     _, n, c, size, o, kernel, stride, pads, dilation, groups = case
+    if rows and not (groups == 1 and stride[-1] == 1 and dilation[-1] == 1):
+        pytest.skip("the row strategy needs one group, stride and dilation 1 along the last dimension")
+    if chunk_bytes is not None and len(size) == 1:
+        pytest.skip("a 1-D layer has one slab")
+    monkeypatch.setattr(local_portable, "TAP_GEMM_MIN_MACS", min_macs)
+    taken = []  # what the backward chose, each call
+    row_gemms = local_portable._row_gemms
+
+    def choose(geo: local_portable.Geometry) -> bool:
+        taken.append(row_gemms(geo) and rows)
+        return taken[-1]
+
+    monkeypatch.setattr(local_portable, "_row_gemms", choose)
+    if chunk_bytes is not None:
+        monkeypatch.setattr(local_portable, "CPU_CHUNK_BYTES", chunk_bytes)
     x, w, _ = make_inputs(n, c, size, o, kernel, stride, pads, dilation, groups, bias=None)
     if taps_last:
         w = local_portable.taps_last_weight(w.detach(), len(size)).requires_grad_()
@@ -139,6 +160,7 @@ def test_backward_strategies_gradcheck(case: tuple, taps_last: bool, min_macs: i
                                rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
+    assert all(t == rows for t in taken) and (taken or not rows)  # the strategy under test ran
 
 
 def test_float32_without_bias() -> None:

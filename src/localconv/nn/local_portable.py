@@ -10,8 +10,8 @@ for chunks of whole output "rows" (slabs of the first spatial dimension), in bot
 reused buffer of at most ``chunk_bytes``. This bounds the extra memory and, on CPU, also saves time:
 freshly allocated large buffers cost a page fault per 4 KiB on first touch, several times the cost
 of the copy itself. Where its GEMMs are large enough, the backward builds no columns at all: it
-splits K by kernel tap, where every GEMM operand is a strided view (see :func:`backward`); else it
-gathers columns in chunks as well.
+splits K by kernel tap, where every GEMM operand is a strided view, and computes the input gradient
+per input row (see :func:`backward`); else it gathers columns in chunks as well.
 
 K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then gathered from a
 channels-last copy of the input in runs of C/groups contiguous values, and each tap's input (and
@@ -339,16 +339,21 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
 
 
 def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
-    """``grad_out [N, O, *out]`` as ``[L, O, N]`` (rows of N contiguous) in ``out``'s memory ``[O, L, N]``:
-    per group and position an ``[O/g, N]`` matrix with leading dimension ``L*N``, which both backward GEMMs
-    take as is or transposed (MKL runs both faster from it than from ``[N, O/g]``).
+    """``grad_out [N, O, *out]`` as ``[L, O, N]`` (rows of N contiguous) in ``out``'s memory: per group and
+    position an ``[O/g, N]`` matrix, which both backward GEMMs take as is or transposed (MKL runs both
+    faster from it than from ``[N, O/g]``).
 
     The reversal ``[N, O, L] -> [L, O, N]`` done as one strided copy walks memory with a stride of
-    ``O*L`` values in its inner loop (many times slower at N=512); instead: one 2-D transpose
-    ``[N, O*L] -> [O*L, N]`` (torch's blocked transpose copy)."""
-    n, o = geo.input_shape[0], geo.out_channels
-    out.view(o * geo.positions, n).copy_(grad_out.reshape(n, o * geo.positions).t())
-    return out.view(o, geo.positions, n).transpose(0, 1)
+    ``O*L`` values in its inner loop (many times slower at N=512); instead: one 2-D transpose (torch's
+    blocked transpose copy), ``[N, O*L] -> [O*L, N]`` (memory ``[O, L, N]``, leading dimension ``L*N``) from
+    a plain contiguous gradient, ``[N, L*O] -> [L*O, N]`` (memory ``[L, O, N]``) from a channels-last one."""
+    n, o, d, positions = geo.input_shape[0], geo.out_channels, geo.dims, geo.positions
+    channels_last = grad_out.permute(0, *range(2, d + 2), 1)  # [N, *out, O]
+    if channels_last.is_contiguous() and not grad_out.is_contiguous():
+        out.view(positions * o, n).copy_(channels_last.reshape(n, positions * o).t())
+        return out.view(positions, o, n)
+    out.view(o * positions, n).copy_(grad_out.reshape(n, o * positions).t())
+    return out.view(o, positions, n).transpose(0, 1)
 
 
 def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -395,6 +400,143 @@ def _tap_gemms(geo: Geometry) -> bool:
     return geo.out_size[-1] * n * (geo.out_channels // geo.groups) * (c // geo.groups) >= TAP_GEMM_MIN_MACS
 
 
+def _row_gemms(geo: Geometry) -> bool:
+    """Whether the input gradient is computed per target row with ``K = kernel[-1] * O`` (see
+    :func:`_row_input_grad`): one group, stride and dilation 1 along the last dimension, and GEMMs large
+    enough for the per-tap path (:func:`_tap_gemms`)."""
+    return geo.groups == 1 and geo.stride[-1] == 1 and geo.dilation[-1] == 1 and _tap_gemms(geo)
+
+
+def _row_margins(geo: Geometry) -> tuple[int, int]:
+    """Zero positions before and after each line of the padded output gradient (:func:`_padded_rows`): the
+    windows of the input columns at both ends reach that far past the line's positions."""
+    kl, width, before, m = geo.kernel[-1], geo.input_shape[-1], geo.pads[-2], geo.out_size[-1]
+    return max(0, kl - 1 - before), max(0, width + before - m)
+
+
+def _padded_rows_shape(geo: Geometry) -> tuple[int, ...]:
+    lo, hi = _row_margins(geo)
+    n, o = geo.input_shape[0], geo.out_channels
+    return (*geo.out_size[:-1], lo + geo.out_size[-1] + hi, o, n)
+
+
+def _padded_rows(rows: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
+    """The output gradient rows ``[L, O, N]`` (:func:`_grad_rows`) as ``[*out[:-1], margin + out[-1] + margin,
+    O, N]``, zero positions at both ends of every line: along a line, ``kernel[-1]`` consecutive positions'
+    ``[O, N]`` matrices are then one contiguous ``[kernel[-1]*O, N]`` block, the operand of
+    :func:`_row_input_grad`. (A copy in runs of N values: from ``grad_out`` directly it would walk memory
+    with a stride of ``O*L`` values, several times slower.)"""
+    n, o, m = geo.input_shape[0], geo.out_channels, geo.out_size[-1]
+    lo, hi = _row_margins(geo)
+    if lo:
+        out[..., :lo, :, :].zero_()
+    if hi:
+        out[..., lo + m:, :, :].zero_()
+    out[..., lo:lo + m, :, :].copy_(rows.view(*geo.out_size, o, n))
+    return out
+
+
+def _transposed_weight(weight: torch.Tensor, geo: Geometry, out: torch.Tensor, r0: int = 0, r1: int = 1
+                       ) -> torch.Tensor:
+    """The weight regrouped by the input column it reaches: ``[*out[:-1], *kernel[:-1], W, kernel[-1], O, C]``
+    with ``out[..., v, b', o, c] = weight[..., j, o, ..., kernel[-1]-1-b', c]`` for the position ``j`` whose
+    window has input column ``v`` under tap ``kernel[-1]-1-b'`` (zero where that position does not exist);
+    of 2-D and 3-D layers only the output rows ``[r0, r1)`` of the first dimension. One strided copy per tap
+    of the last kernel dimension, from the weight in any memory layout."""
+    d, o, c = geo.dims, geo.out_channels, geo.input_shape[1]
+    m, kl, width, before = geo.out_size[-1], geo.kernel[-1], geo.input_shape[-1], geo.pads[-2]
+    strides = weight.stride()
+    st_out, st_o, st_c, st_k = strides[:d], strides[d], strides[d + 1], strides[d + 2:]
+    lines = (r1 - r0, *geo.out_size[1:-1]) if d > 1 else ()
+    out = out.view(*lines, *geo.kernel[:-1], width, kl, o, c)
+    first = weight.storage_offset() + (r0 * st_out[0] if d > 1 else 0)
+    for b in range(kl):
+        shift = before - (kl - 1) + b  # position j = v + shift
+        v0, v1 = min(width, max(0, -shift)), max(0, min(width, m - shift))
+        if v0:
+            out[..., :v0, b, :, :].zero_()
+        if max(v0, v1) < width:
+            out[..., max(v0, v1):, b, :, :].zero_()
+        if v1 > v0:
+            source = weight.as_strided((*lines, *geo.kernel[:-1], v1 - v0, o, c),
+                                       (*st_out[:-1], *st_k[:-1], st_out[-1], st_o, st_c),
+                                       first + (v0 + shift) * st_out[-1] + (kl - 1 - b) * st_k[-1])
+            out[..., v0:v1, b, :, :].copy_(source)
+    return out
+
+
+def _weight_slabs(geo: Geometry, itemsize: int, chunk_bytes: int) -> tuple[list[tuple[int, int]], int]:
+    """Ranges of first-dimension output rows whose transposed weight (:func:`_transposed_weight`) takes at
+    most ``chunk_bytes`` (1-D: one range, the whole weight), and the number of values of the largest."""
+    per_row = (math.prod(geo.out_size[1:-1]) * math.prod(geo.kernel[:-1]) * geo.input_shape[-1] * geo.kernel[-1]
+               * geo.out_channels * geo.input_shape[1])
+    if geo.dims == 1:
+        return [(0, 1)], per_row
+    rows = min(geo.out_size[0], max(1, chunk_bytes // (per_row * itemsize)))
+    return [(r0, min(r0 + rows, geo.out_size[0])) for r0 in range(0, geo.out_size[0], rows)], rows * per_row
+
+
+@functools.lru_cache(maxsize=256)
+def _row_plan(geo: Geometry) -> tuple[tuple[tuple[int, int, int, bool], ...], tuple[int, ...]]:
+    """For :func:`_row_input_grad`: (line, line-and-tap index of the transposed weight, target input row,
+    first write of that row) for every (line, tap of the other kernel dimensions) whose row lies in the
+    input, and the input rows no window reaches (flat indices over all dimensions but the last)."""
+    spatial = geo.input_shape[2:-1]
+    rows = {row: index for index, row in enumerate(itertools.product(*(range(s) for s in spatial)))}
+    entries, written = [], set()
+    taps = list(itertools.product(*(range(k) for k in geo.kernel[:-1])))
+    for line_index, line in enumerate(itertools.product(*(range(size) for size in geo.out_size[:-1]))):
+        for tap_index, tap in enumerate(taps):
+            row = tuple(i * s + a * dl - before for i, a, s, dl, before
+                        in zip(line, tap, geo.stride, geo.dilation, geo.pads[0::2]))
+            if row not in rows:
+                continue
+            target = rows[row]
+            entries.append((line_index, line_index * len(taps) + tap_index, target, target not in written))
+            written.add(target)
+    return tuple(entries), tuple(index for index in rows.values() if index not in written)
+
+
+def _row_input_grad(geo: Geometry, rows: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor,
+                    slabs: list[tuple[int, int]], buffer: torch.Tensor) -> None:
+    """The input gradient into ``grid [*S, N, C]`` (written whole): per line of positions and tap of the
+    other kernel dimensions, one batched GEMM over the target row's ``W`` input columns,
+    ``grid[row, v] (+)= rows[line, v..v+kernel[-1]]^T @ w_t[line, tap, v]``, whose reduction runs over the
+    ``kernel[-1]`` taps along the row and all O channels at once (``K = kernel[-1]*O``, not O as per tap):
+    ``rows`` from :func:`_padded_rows`, ``w_t`` the weight regrouped by :func:`_transposed_weight`, a slab of
+    first-dimension rows at a time into ``buffer``. A row's first GEMM writes it (no zeroing pass), the
+    rest add to it."""
+    n, c = geo.input_shape[:2]
+    o, kl, width = geo.out_channels, geo.kernel[-1], geo.input_shape[-1]
+    lo, _ = _row_margins(geo)
+    start = lo + geo.pads[-2] - (kl - 1)  # padded position of input column 0's first window
+    entries, untouched = _row_plan(geo)
+    per_row = math.prod(geo.out_size[1:-1])  # lines per first-dimension row (2-D and 3-D)
+    taps = math.prod(geo.kernel[:-1])
+    positions = rows.shape[-3]
+    line_count = rows.numel() // (positions * o * n)
+    # every line's [W, N, K] operand, and every input row: views made in one call each (per-item indexing
+    # costs a dispatch per view, as much as a small GEMM's share of the work)
+    operands = rows.as_strided((line_count, width, n, kl * o), (positions * o * n, o * n, 1, n),
+                               rows.storage_offset() + start * o * n).unbind(0)
+    targets = grid.view(-1, width, n, c).unbind(0)
+    entry = 0
+    for r0, r1 in slabs:
+        size = (r1 - r0) * per_row * taps * width * kl * o * c if geo.dims > 1 else buffer.numel()
+        weights = _transposed_weight(weight, geo, buffer[:size], r0, r1).view(-1, width, kl * o, c).unbind(0)
+        w0 = r0 * per_row * taps
+        line_end = r1 * per_row if geo.dims > 1 else 1
+        while entry < len(entries) and entries[entry][0] < line_end:
+            line, w_index, target, first = entries[entry]
+            entry += 1
+            if first:
+                torch.bmm(operands[line], weights[w_index - w0], out=targets[target])
+            else:
+                targets[target].baddbmm_(operands[line], weights[w_index - w0])
+    for target in untouched:
+        targets[target].zero_()
+
+
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
              need_input: bool, need_weight: bool, memory_format: torch.memory_format,
              chunk_bytes: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -408,25 +550,33 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     im2col columns (``taps`` times the input) cost more to write and read back than these smaller GEMMs
     lose (see :func:`_tap_gemms` for when they are too small; then: columns, see :func:`_column_backward`).
     Undilated and ungrouped, the taps of the last kernel dimension lie side by side in both the input
-    and the weight gradient: the weight gradient takes them in one GEMM (``k*C`` wide)."""
+    and the weight gradient: the weight gradient takes them in one GEMM (``k*C`` wide). With one group
+    and stride and dilation 1 along the last dimension, the input gradient is computed per input row
+    instead (:func:`_row_input_grad`): a reduction over ``kernel[-1]*O`` values per GEMM rather than O,
+    a third of the calls for a 3x3 kernel, and no accumulation pass over a zeroed grid."""
     n, c = geo.input_shape[:2]
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
     og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
     padded = _padded_shape(geo)  # [N, *padded, C]
     per_tap = _tap_gemms(geo)
+    by_rows = per_tap and _row_gemms(geo)  # the input gradient per target row (K = kernel[-1] * O)
     # undilated and ungrouped, the weight gradient takes the last kernel dimension's taps in one GEMM
     run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
     # A taps-last weight is read in place and gets a taps-last gradient (autograd keeps that layout);
     # another is copied in taps-last order a line (chunk) at a time, its gradient copied back likewise.
     taps_last = weight is not None and _is_taps_last(weight, d)
-    w_copy, gw_copy = need_input and not taps_last, need_weight and not taps_last
+    w_copy, gw_copy = need_input and not taps_last and not by_rows, need_weight and not taps_last
     if per_tap:
         blocks = m * g  # GEMMs per line
     else:
         chunks, blocks = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
-    shapes: list[Sequence[int]] = [(o * positions, n)]
+    shapes: list[Sequence[int]] = [(o * positions, n)] + [_padded_rows_shape(geo)] * by_rows
     shapes += [padded] * need_weight  # the padded input
-    shapes += [(*padded[1:-1], n, c)] * need_input  # the input-gradient grid
+    if by_rows:  # the input gradient (every row written) and slabs of the weight regrouped by input column
+        slabs, slab_values = _weight_slabs(geo, grad_out.element_size(), _chunk_bytes(grad_out.device, chunk_bytes))
+        shapes += [(*spatial, n, c), (slab_values,)] * need_input
+    else:
+        shapes += [(*padded[1:-1], n, c)] * need_input  # the input-gradient grid
     shapes += [(blocks, og, geo.group_k)] * w_copy  # the weight of a line (chunk), taps-last
     if per_tap:  # one line's weight gradient, tap-major
         shapes.append((taps // run, g, m, og, run * cg))
@@ -434,8 +584,15 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
         shapes += [(blocks, n, geo.group_k)] + [(blocks, og, geo.group_k)] * gw_copy + [(positions, g, og, n)] * (g > 1)
     grad_rows, *rest = _scratch(grad_out, *shapes)
     grad_rows = _grad_rows(grad_out, geo, grad_rows)  # [L, O, N]
+    line_rows = grad_rows.unflatten(0, (-1, m))  # [lines, out[-1], O, N]
+    if by_rows:
+        padded_rows = _padded_rows(grad_rows, geo, rest.pop(0))  # [*out[:-1], margins + out[-1], O, N]
     xp = _padded_channels_last(x, geo.pads, rest.pop(0)) if need_weight else None
-    grid = rest.pop(0).zero_() if need_input else None
+    grid = rest.pop(0) if need_input else None
+    if by_rows and need_input:
+        _row_input_grad(geo, padded_rows, weight, grid, slabs, rest.pop(0))
+    elif need_input:
+        grid.zero_()
     w_block = rest.pop(0) if w_copy else None
     grad_w = None
     if need_weight:
@@ -443,7 +600,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
         grad_w = (taps_last_empty(weight_shape, d, grad_out.device, grad_out.dtype) if taps_last
                   else grad_out.new_empty(weight_shape))
     if per_tap:
-        _tap_backward(geo, grad_rows, xp, grad_w, grid, weight, w_block, rest[0], run)
+        _tap_backward(geo, line_rows, xp, grad_w, None if by_rows else grid, weight, w_block, rest[0], run)
     else:
         buffer = rest.pop(0)
         gw_block = rest.pop(0) if gw_copy else None
@@ -451,39 +608,43 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
         _column_backward(geo, grad_rows, xp, grad_w, grid, weight, w_block, chunks, buffer, gw_block, by_group)
     grad_x = None
     if need_input:
-        inner = grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]  # [*S, N, C]
+        # [*S, N, C]: the grid itself (by rows) or its interior
+        inner = grid if by_rows else grid[tuple(slice(b, b + s) for b, s in zip(geo.pads[0::2], spatial))]
         grad_x = torch.empty((n, c, *spatial), dtype=grid.dtype, device=grid.device, memory_format=memory_format)
         grad_x.copy_(inner.permute(d, d + 1, *range(d)))  # a copy out of the scratch grid
     return grad_x, grad_w
 
 
-def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
+def _tap_backward(geo: Geometry, line_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
                   grid: torch.Tensor | None, weight: torch.Tensor | None, w_block: torch.Tensor | None,
                   gw_line: torch.Tensor, run: int) -> None:
     """The per (line, tap, group) GEMMs of :func:`backward`: weight gradient into ``grad_w`` (through
-    ``gw_line``, a line at a time), input gradient added into ``grid``; the weight read in place if
-    taps-last, else a line at a time through ``w_block``."""
+    ``gw_line``, a line at a time), input gradient added into ``grid`` (unless None); the weight read in
+    place if taps-last, else a line at a time through ``w_block``. ``line_rows``: the output gradient as
+    ``[lines, out[-1], O, N]`` (any strides)."""
     n, c = geo.input_shape[:2]
     d, g, o, taps, m = geo.dims, geo.groups, geo.out_channels, geo.taps, geo.out_size[-1]
     og, cg = o // g, c // g
-    group_rows = [grad_rows[:, j * og:(j + 1) * og] for j in range(g)]  # [L, O/g, N]
+    group_rows = [line_rows[:, :, j * og:(j + 1) * og] for j in range(g)]  # [lines, m, O/g, N]
     if grad_w is not None:
         x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
         # [L, g, O/g, taps/run, run, C/g], a view in taps-last order of either layout
-        gw_rows = grad_w.permute(taps_last_order(d)).view(geo.positions, g, og, taps // run, run, cg)
+        gw_rows = grad_w.permute(taps_last_order(d)).view(-1, m, g, og, taps // run, run, cg).unbind(0)
         gw_source = gw_line.view(taps // run, g, m, og, run, cg).permute(2, 1, 3, 0, 4, 5)
+        outputs = gw_line.view(-1, m, og, run * cg).unbind(0)  # per (tap // run, group)
+        rows_by_group = [group.unbind(0) for group in group_rows]  # per group, per line: [m, O/g, N]
         for p0, entries in _line_taps(geo, run):
-            line_rows = [rows[p0:p0 + m] for rows in group_rows]
+            line = p0 // m
             for t, offset, _ in entries:
                 for j in range(g):
                     x_taps = xp.as_strided((m, n, run * cg), x_strides, xp.storage_offset() + offset + j * cg)
-                    torch.bmm(line_rows[j], x_taps, out=gw_line[t // run, j])
+                    torch.bmm(rows_by_group[j][line], x_taps, out=outputs[t // run * g + j])
             # a batched GEMM writes a strided output one matrix at a time: the line goes through a
             # contiguous (cache-resident) block instead
-            gw_rows[p0:p0 + m].copy_(gw_source)
+            gw_rows[line].copy_(gw_source)
     if grid is not None:
         grid_strides, w_strides = (geo.stride[-1] * n * c, c, 1), (o * taps * cg, taps * cg, 1)
-        group_rows_t = [rows.transpose(1, 2) for rows in group_rows]  # [L, N, O/g]
+        group_rows_t = [rows.transpose(2, 3) for rows in group_rows]  # [lines, m, N, O/g]
         w_rows = weight.permute(taps_last_order(d))  # [*out, O, *kernel, C/g]
         if w_block is None:
             w_rows = w_rows.view(geo.positions, o, taps, cg)
@@ -491,7 +652,7 @@ def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | Non
             w_rows = w_rows.reshape(geo.positions, o, *geo.kernel, cg)
             w_block = w_block.view(m, o, *geo.kernel, cg)
         for p0, entries in _line_taps(geo, 1):
-            line_rows = [rows[p0:p0 + m] for rows in group_rows_t]
+            rows_t = [group[p0 // m] for group in group_rows_t]
             if w_block is None:  # the line's weight in place
                 w_line, w_offset = w_rows, w_rows.storage_offset() + p0 * o * taps * cg
             else:
@@ -501,7 +662,7 @@ def _tap_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | Non
                 for j in range(g):
                     target = grid.as_strided((m, n, cg), grid_strides, grid.storage_offset() + offset + j * cg)
                     w_tap = w_line.as_strided((m, og, cg), w_strides, w_offset + (j * og * taps + t) * cg)
-                    target.baddbmm_(line_rows[j], w_tap)
+                    target.baddbmm_(rows_t[j], w_tap)
 
 
 def _column_backward(geo: Geometry, grad_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
