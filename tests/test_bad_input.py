@@ -629,6 +629,8 @@ CASES = [
     Case("resume-other-schedule", "train", _resume_with("--schedule", "1:0"), ("--schedule 1:0",)),
     Case("resume-other-recipe", "train", _resume_with("--recipe", "fast"), ("--recipe fast",)),
     Case("resume-amp", "train", _resume_with("--amp"), ("--amp/--no-amp",)),
+    Case("resume-recipe-set", "train", _resume_with("--recipe-set", "nesterov=true", "--recipe-set", "ema_decay=null"),
+         ("--recipe-set nesterov=true ema_decay=null:", "(the run's: not set)")),
     Case("resume-skip-nonfinite", "train", _resume_with("--skip-nonfinite"), ("--skip-nonfinite",)),
     Case("resume-model-option-without-model", "train", _resume_with("--conv2-std", "1e-4"),
          ("--conv2-std", "own model")),

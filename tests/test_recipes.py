@@ -32,7 +32,8 @@ def test_overrides_replace_settings_and_bad_ones_are_refused_by_name(fake_cifar,
     assert t.metadata(False)["options"]["recipe_overrides"]["batch_size"] == 32
     for bad, words in (({"batch": 32}, "'batch' is unknown"), ({"batch_size": 0}, "batch_size: expected"),
                        ({"nesterov": 1}, "nesterov: expected true or false"),
-                       ({"weight_decay": -1.0}, "weight_decay: expected")):
+                       ({"weight_decay": -1.0}, "weight_decay: expected"),
+                       ({"label_smoothing": 1}, r"label_smoothing: expected a number in \[0, 1\), got 1$")):
         with pytest.raises(LocalconvError, match=words):
             make_trainer(fake_cifar, tmp_path / "b", recipe="fast", recipe_overrides=bad)
 
@@ -139,3 +140,19 @@ def test_crop_jitter_keeps_crops_near_the_centre_and_the_default_unchanged(fake_
     t = make_trainer(fake_cifar, tmp_path / "a", recipe="fast", epochs=1, recipe_overrides={"crop_jitter": 1})
     offsets = t.epoch_plan(0, seed=0)[0].offsets
     assert offsets.min() >= 3 and offsets.max() <= 5
+
+
+def test_resume_accepts_the_runs_own_recipe_set_and_refuses_another():
+    import argparse
+
+    from localconv.cli.train_options import check_resume_options
+
+    meta = {"options": {"recipe": "fast", "recipe_overrides": {"nesterov": True}}, "data": {"args": {}}}
+
+    def args(*pairs):  # noqa: ANN001, ANN202
+        return argparse.Namespace(recipe_set=list(pairs), epochs=None, out="run", model=None, cfg=None,
+                                  _given={"recipe_set"})
+
+    check_resume_options(args(("nesterov", True)), meta)  # the run's own setting, repeated
+    with pytest.raises(LocalconvError, match=r"^--recipe-set nesterov=false: .*\(the run's: nesterov=true\)"):
+        check_resume_options(args(("nesterov", False)), meta)

@@ -32,6 +32,9 @@ GOOD = {
     "step": 2, "epoch": 1.0, "ema_updates": 2, "images_seen": 40, "train_time_s": 0.5, "batch_size": 20, "epochs": 1.0,
     "steps_per_epoch": 2, "total_steps": 2, "world_size": 1, "best_accuracy": 0.1, "last_accuracy": 0.1,
     "skipped_steps": 0, "complete": True, "stop_reason": "", "eval_split": "test", "device": "cpu",
+    "recipe": {"name": "original", "batch_size": 20, "epochs": 1.0, "ema_decay": 0.9999, "ema_warmup": True,
+               "label_smoothing": 0.0, "use_regularization_loss": True, "tta": "none", "nesterov": False,
+               "weight_decay": None, "photometric": None, "crop_jitter": None, "lr_boost": 3.0, "notes": []},
 }
 
 
@@ -87,6 +90,10 @@ BAD = [
     ("temperature", 0, "temperature: expected a finite number > 0, got 0"),
     ("complete", 1, "complete: expected true or false, got 1"),
     ("eval_split", "train", "eval_split: expected one of test, val, got 'train'"),
+    ("recipe.ema_decay", 1.0, "recipe.ema_decay: expected a number in [0, 1) or null, got 1.0"),
+    ("recipe.crop_jitter", -2, "recipe.crop_jitter: expected an integer >= 0 or null, got -2"),
+    ("recipe.nesterov", "yes", "recipe.nesterov: expected true or false, got 'yes'"),
+    ("options.recipe_overrides", {"tta": "ten"}, "options.recipe_overrides.tta: expected one of none, flip"),
 ]
 
 
@@ -97,6 +104,19 @@ def test_a_wrong_field_is_named_in_one_line(path: str, value: object, message: s
     text = str(info.value)
     assert text.startswith(f"run/run.json: {message}"), text
     assert "\n" not in text and len(text) < 200
+
+
+def test_recipe_settings_spec_covers_every_setting() -> None:
+    """The schema of recipe settings (also what --recipe-set accepts) names each RecipeSettings field but the
+    recipe's name and notes, and a run records them all (GOOD's record is what Trainer.metadata writes)."""
+    from dataclasses import fields
+
+    from localconv.training.recipes import RecipeSettings
+    from localconv.training.run_schema import RECIPE_SETTINGS
+
+    settings = {f.name for f in fields(RecipeSettings)} - {"name", "notes"}
+    assert set(RECIPE_SETTINGS.fields) == settings
+    assert set(GOOD["recipe"]) == settings | {"name", "notes"}
 
 
 def test_long_values_are_cut_in_messages() -> None:

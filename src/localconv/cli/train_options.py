@@ -29,6 +29,7 @@ RESUME_APPLIED = frozenset({
 RESUME_FIXED_OPTIONS = ("recipe", "batch_size", "lr", "lr_scale", "schedule", "seed", "amp", "skip_nonfinite")
 RESUME_FIXED_DATA = ("limit_train", "limit_test", "val_split")
 MODEL_ARGS = ("model", "cfg", "params", "crop", "conv1_std", "conv2_std")
+RECORDED_AS = {"recipe_set": "recipe_overrides"}  # options recorded in run.json "options" under another name
 
 
 def seed_value(text: str) -> int:
@@ -90,6 +91,13 @@ def _flag(dest: str) -> str:
     return "--amp/--no-amp" if dest == "amp" else "--" + dest.replace("_", "-")
 
 
+def _shown(value: Any) -> str:
+    """An option's value as it is typed: ``--recipe-set``'s dict as ``KEY=VALUE`` pairs."""
+    if isinstance(value, dict):
+        return " ".join(f"{key}={json.dumps(item)}" for key, item in value.items()) or "none"
+    return str(value)
+
+
 def check_resume_options(args: argparse.Namespace, meta: dict[str, Any]) -> None:
     """Refuse (exit 2, naming the option) every option given with --resume that would change the run."""
     given = given_options(args)
@@ -98,16 +106,19 @@ def check_resume_options(args: argparse.Namespace, meta: dict[str, Any]) -> None
             continue
         value = getattr(args, dest, None)
         data_args = meta["data"].get("args", {})
-        if dest in RESUME_FIXED_OPTIONS or dest in meta["options"]:
-            recorded, present = meta["options"].get(dest), dest in meta["options"]
+        key = RECORDED_AS.get(dest, dest)
+        if dest == "recipe_set":  # KEY=VALUE pairs, recorded as one dict
+            value = dict(value)
+        if dest in RESUME_FIXED_OPTIONS or key in meta["options"]:
+            recorded, present = meta["options"].get(key), key in meta["options"]
         elif dest in RESUME_FIXED_DATA or dest in data_args:  # also data options recorded in data.args
             recorded, present = data_args.get(dest), True
         else:  # not recorded in the run: cannot be shown to be the run's own, so it is refused
             recorded, present = None, False
         if present and value == recorded:
             continue  # the run's own value, repeated
-        shown = "" if isinstance(value, bool) else f" {value}"
-        theirs = f" (the run's: {'not set' if recorded is None else recorded})" if present else ""
+        shown = "" if isinstance(value, bool) else f" {_shown(value)}"
+        theirs = f" (the run's: {'not set' if recorded is None else _shown(recorded)})" if present else ""
         raise LocalconvError(f"{_flag(dest)}{shown}: --resume continues the run with its own settings{theirs}; "
                              f"omit {_flag(dest)}, or start a new run with another --out")
     if args.epochs is not None:

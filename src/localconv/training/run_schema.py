@@ -69,11 +69,17 @@ class Int(Spec):
 class Num(Spec):
     positive: bool = False   # > 0
     min: float | None = None  # >= min
+    below: float | None = None  # < below
 
     def problem(self, value: Any) -> str | None:
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and (not self.positive or value > 0) and (self.min is None or value >= self.min))
-        what = "a finite number" + (" > 0" if self.positive else f" >= {self.min:g}" if self.min is not None else "")
+              and (not self.positive or value > 0) and (self.min is None or value >= self.min)
+              and (self.below is None or value < self.below))
+        if self.min is not None and self.below is not None:
+            what = f"a number in [{self.min:g}, {self.below:g})"
+        else:
+            what = "a finite number" + (" > 0" if self.positive else f" >= {self.min:g}" if self.min is not None
+                                        else f" < {self.below:g}" if self.below is not None else "")
         return None if ok else self.expectation(what)
 
 
@@ -158,6 +164,23 @@ class Anything(Spec):
         return None
 
 
+# The settings a recipe is made of (training/recipes.py RecipeSettings), as ``--recipe-set`` /
+# ``TrainOptions.recipe_overrides`` give them and as run.json's "recipe" records them.
+RECIPE_SETTINGS = Obj(fields={
+    "batch_size": Int(min=1),
+    "epochs": Num(positive=True),
+    "ema_decay": Num(min=0.0, below=1.0, nullable=True),
+    "ema_warmup": Bool(),
+    "label_smoothing": Num(min=0.0, below=1.0),
+    "use_regularization_loss": Bool(),
+    "tta": Str(choices=("none", "flip")),
+    "nesterov": Bool(),
+    "weight_decay": Num(min=0.0, nullable=True),
+    "photometric": Bool(nullable=True),
+    "crop_jitter": Int(min=0, nullable=True),
+    "lr_boost": Num(positive=True),
+})
+
 OPTIONS = Obj(fields={
     "recipe": Str(choices=("original", "fast")),
     "epochs": Num(positive=True, nullable=True),
@@ -175,7 +198,7 @@ OPTIONS = Obj(fields={
     "skip_nonfinite": Bool(),
     "progress": Bool(),
     "log_every": Int(min=0, nullable=True),
-    "recipe_overrides": MapOf(value=Anything(), nullable=True),
+    "recipe_overrides": Obj(fields=RECIPE_SETTINGS.fields, nullable=True),
 })
 
 DATA = Obj(fields={
@@ -210,6 +233,7 @@ RUN_SCHEMA = Obj(required=("files", "sha256", "model", "options", "data", "class
     "stop_reason": Str(),
     "eval_split": Str(choices=("test", "val")),
     "temperature": Num(positive=True),
+    "recipe": RECIPE_SETTINGS,
 })
 
 
