@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from localconv_cli import run_localconv
 
 BEFORE = {  # the fast recipe's CPU settings until 2026-12-02 (recipes.py then), with --no-amp
     "batch_size": 256, "ema_decay": 0.999, "ema_warmup": True, "label_smoothing": 0.1,
@@ -40,23 +39,13 @@ RECIPES = {
 TF_TARGET, CC_GAIN, LONG_TARGET = 79.0, 3.0, 84.0
 
 
-def localconv(*args: str, threads: int) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "localconv", *args], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"localconv {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done, seconds
-
-
 def one_run(model: str, recipe: str, seed: int, epochs: float, data: str, views: str, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        _, train_s = localconv("train", "--model", model, "--data", data, "--epochs", str(epochs), "--seed",
+        _, train_s = run_localconv("train", "--model", model, "--data", data, "--epochs", str(epochs), "--seed",
                                str(seed), "--out", str(out), "--no-progress", *RECIPES[recipe], threads=threads)
         run = json.loads((out / "run.json").read_text())
-        done, _ = localconv("eval", str(out), "--data", data, f"--{views}", "--json", threads=threads)
+        done, _ = run_localconv("eval", str(out), "--data", data, f"--{views}", "--json", threads=threads)
         result = json.loads(done.stdout)
     return {"model": model, "recipe": recipe, "seed": seed, "epochs": epochs, "views": views,
             "accuracy": 100 * result["accuracy"], "train_process_s": train_s, "train_time_s": run["train_time_s"],

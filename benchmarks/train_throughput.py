@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from localconv_cli import run_localconv
 
 CONFIGS = {  # name: extra `localconv train` arguments
     "original": ["--recipe", "original"],
@@ -43,14 +42,8 @@ BASELINE = "original"
 def run_one(model: str, extra: list[str], data: str, epochs: float, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "localconv", "train", "--model", model, "--data", data, "--epochs", str(epochs),
-               "--out", str(out), "--no-progress", "--checkpoint-every", "1000", *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        process_s = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        _, process_s = run_localconv("train", "--model", model, "--data", data, "--epochs", str(epochs), "--out",
+                                     str(out), "--no-progress", "--checkpoint-every", "1000", *extra, threads=threads)
         epochs_rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                       if json.loads(line).get("kind") == "epoch"]
         run = json.loads((out / "run.json").read_text())

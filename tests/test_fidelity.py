@@ -3,7 +3,6 @@ mean subtraction, float32 original recipes, and the eager step as every device's
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from cifar_fixtures import Arrays, write_python_release
