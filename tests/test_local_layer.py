@@ -16,7 +16,7 @@ from local_reference import make_inputs, naive_local_conv
 
 from localconv import LocallyConnected2d
 from localconv.nn import functional as local_functional
-from localconv.nn import local_portable
+from localconv.nn import local_ops, local_portable
 from localconv.nn.functional import local_conv, local_conv2d, select_backend
 from localconv.nn.utils import _padding4, _pair
 
@@ -395,3 +395,33 @@ def test_taps_last_weight_is_bit_identical_and_keeps_its_gradient_layout(case: t
     assert not w1.is_contiguous() and torch.equal(w0, w1)
     assert torch.equal(y0, y1) and torch.equal(gx0, gx1) and torch.equal(gw0, gw1)
     assert gw1.stride() == w1.stride() and gw0.is_contiguous()
+
+
+def test_backward_reuses_the_forwards_padded_input_and_notices_a_changed_input(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    # The eager forward keeps the padded channels-last input it built for its own backward (local_ops._handoff);
+    # the gradients are those of the reference, and an input changed in place after the forward is refused
+    # by autograd (the kept copy is never used for another tensor's values).
+    seen = []
+    backward = local_portable.backward
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs.get("padded"))
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(local_portable, "backward", spy)
+    x, w, b = make_inputs(3, 4, (6, 6), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    y = local_conv(x, w, b, 1, 1, backend="portable")
+    grads = torch.autograd.grad(y.square().sum(), (x, w, b))  # first order: the fused backward
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3, 8, 8, 4)
+    ref = naive_local_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), (x, w, b))):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    with torch.no_grad():  # no graph: nothing kept
+        local_conv(x, w, b, 1, 1, backend="portable")
+    assert local_ops._handoff.padded is None
+    leaf = x.detach().clone()
+    y = local_conv(leaf, w, b, 1, 1, backend="portable")
+    leaf.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

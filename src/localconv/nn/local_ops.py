@@ -27,6 +27,7 @@ exporting, the Function otherwise.
 # No "from __future__ import annotations": torch.library reads the op signatures at runtime.
 import math
 import sys
+import threading
 import warnings
 from typing import Callable, List, NamedTuple, Optional
 
@@ -364,9 +365,22 @@ if hasattr(torch.library, "register_vmap"):  # torch >= 2.4
 # autograd.Functions (eager mode, torch.func). The non-tensor arguments are (spec, backend[, ...]).
 
 
+# The eager portable forward hands the padded channels-last input it built to its setup_context, for the
+# backward (which would build it again: a transposing copy of the input, ~6% of a cc-11pct local layer's
+# step). ``keep``: set by apply() around a forward whose backward will run; ``padded``: (x, padded x).
+_handoff = threading.local()
+
+
 class _Forward(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec, backend):  # noqa: ANN001, ANN205
+        if backend == "portable" and getattr(_handoff, "keep", False):
+            geo = _geometry(x.shape, weight.shape, spec)
+            padded = x.new_empty(local_portable.padded_shape(geo))
+            y = local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x),
+                                       padded_out=padded)
+            _handoff.padded = (x, padded)
+            return y
         return forward_impl(x, weight, bias, spec, backend)
 
     @staticmethod
@@ -376,17 +390,22 @@ class _Forward(torch.autograd.Function):
         ctx.save_for_forward(x, weight)
         ctx.spec, ctx.backend = spec, backend
         ctx.bias_dim = None if bias is None else bias.dim()
+        kept, _handoff.padded = getattr(_handoff, "padded", None), None
+        # a private copy of x as it was: x itself is checked by autograd's saved-tensor version counter
+        ctx.padded = kept[1] if kept is not None and kept[0] is x else None
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if ctx.backend == "portable" and needs[0] and needs[1] and not torch.is_grad_enabled():
-            # First-order backward (no create_graph): both gradients in one pass over shared buffers;
-            # the same GEMMs as the differentiable path, which higher-order gradients take.
+        if ctx.backend == "portable" and (needs[0] or needs[1]) and not torch.is_grad_enabled():
+            # First-order backward (no create_graph): the gradients in one pass over shared buffers,
+            # the weight's in its memory layout; the same GEMMs as the differentiable path, which
+            # higher-order gradients take.
             geo = _geometry(x.shape, weight.shape, ctx.spec)
-            gx, gw = local_portable.backward(grad_out, x, weight, geo, True, True,
-                                             local_portable.channels_last_format(x))
+            gx, gw = local_portable.backward(grad_out, x, weight, geo, needs[0], needs[1],
+                                             local_portable.channels_last_format(x), padded=ctx.padded)
+            ctx.padded = None
             gb = bias_grad(grad_out, ctx.bias_dim) if ctx.bias_dim is not None and needs[2] else None
             return gx, gw, gb, None, None
         return (*_vjp_forward(FUNCTIONS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend, needs),
@@ -525,4 +544,8 @@ def apply(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend
         return decomposed(x, weight, bias, spec)
     if torch.compiler.is_compiling():
         return _op_forward(x, weight, bias, spec, backend)
-    return _Forward.apply(x, weight, bias, spec, backend)
+    _handoff.keep = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    try:
+        return _Forward.apply(x, weight, bias, spec, backend)
+    finally:
+        _handoff.keep = False

@@ -89,8 +89,8 @@ def channels_last_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _padded_shape(geo: Geometry) -> tuple[int, ...]:
-    """``[N, *padded spatial, C]``."""
+def padded_shape(geo: Geometry) -> tuple[int, ...]:
+    """``[N, *padded spatial, C]``: the padded channels-last input both passes read."""
     n, c = geo.input_shape[:2]
     spatial = geo.input_shape[2:]
     return (n, *(s + geo.pads[2 * i] + geo.pads[2 * i + 1] for i, s in enumerate(spatial)), c)
@@ -254,7 +254,7 @@ def _fold_chunks(geo: Geometry, chunk_bytes: int | None, device: torch.device, i
     at most ``chunk_bytes``, and the largest range's number of values (1-D: one range, nothing gathered)."""
     if geo.dims == 1:
         return [(0, 1)], 0
-    per_index = math.prod(geo.out_size[2:]) * _padded_shape(geo)[1] * geo.input_shape[0] * geo.k // geo.kernel[0]
+    per_index = math.prod(geo.out_size[2:]) * padded_shape(geo)[1] * geo.input_shape[0] * geo.k // geo.kernel[0]
     step = max(1, _chunk_bytes(device, chunk_bytes) // (per_index * itemsize))
     size = geo.out_size[1]
     return [(q0, min(q0 + step, size)) for q0 in range(0, size, step)], min(step, size) * per_index
@@ -305,11 +305,14 @@ def _folded_products(xp: torch.Tensor, weight: torch.Tensor, geo: Geometry, y: t
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: Geometry,
-            memory_format: torch.memory_format, chunk_bytes: int | None = None) -> torch.Tensor:
-    """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared)."""
+            memory_format: torch.memory_format, chunk_bytes: int | None = None,
+            padded_out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y [N, O, *out]``; bias ``[O, *out]`` (untied) or ``[O]`` (shared). ``padded_out`` (``[N, *padded, C]``,
+    :func:`padded_shape`): where to build the padded channels-last input, for a caller that keeps it for the
+    backward (``backward(..., padded=)``); by default a work buffer."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
     out0, others = geo.out_size[0], math.prod(geo.out_size[1:])
-    shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), _padded_shape(geo)]
+    shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), (0,) if padded_out is not None else padded_shape(geo)]
     folded = g == 1 and geo.dilation[0] == 1
     if folded:
         chunks, most = _fold_chunks(geo, chunk_bytes, x.device, x.element_size())
@@ -319,7 +322,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
         chunks, most = _chunk_positions(geo, chunk_bytes, x.device, x.element_size())
         shapes += [(most, o // g, geo.group_k), (most, n, geo.group_k)]
     y, xp, *work = _scratch(x, *shapes)
-    xp = _padded_channels_last(x, geo.pads, xp)
+    xp = _padded_channels_last(x, geo.pads, xp if padded_out is None else padded_out)
     if folded:
         _folded_products(xp, weight, geo, y, chunks, work[0], None if taps_last else work[1])
         # [*out[1:], out[0], N, O] memory seen as [N, g, O/g, out[0], prod(out[1:])]
@@ -375,7 +378,7 @@ def _line_taps(geo: Geometry, run: int) -> tuple[tuple[int, tuple[tuple[int, int
     ``[N, *padded, C]``, offset in the input-gradient grid ``[*padded, N, C]``). Cached: the backward
     loops over it, and the arithmetic costs as much as the GEMMs on small batches."""
     n, c = geo.input_shape[:2]
-    padded = _padded_shape(geo)[1:-1]
+    padded = padded_shape(geo)[1:-1]
     x_strides = [math.prod(padded[i + 1:]) * c for i in range(geo.dims)]
     tap_grid = [range(k) for k in geo.kernel[:-1]] + [range(0, geo.kernel[-1], run)]
     plan = []
@@ -539,8 +542,10 @@ def _row_input_grad(geo: Geometry, rows: torch.Tensor, weight: torch.Tensor, gri
 
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
              need_input: bool, need_weight: bool, memory_format: torch.memory_format,
-             chunk_bytes: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_input, grad_weight) from the input ``x`` and the weight.
+             chunk_bytes: int | None = None, padded: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_weight) from the input ``x`` and the weight. ``padded``: ``x`` as the forward padded
+    it (``forward(..., padded_out=)``), which the weight gradient then reads instead of building it again.
 
     Per position p, tap t and group, with ``x_t[p] [N, C/g]`` the input under tap t of p's window:
     ``grad_w[p, :, t] = grad_rows[p] @ x_t[p]`` and ``grad_x[window_t(p)] += grad_rows[p]^T @ w[p, :, t]``.
@@ -557,7 +562,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     n, c = geo.input_shape[:2]
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
     og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
-    padded = _padded_shape(geo)  # [N, *padded, C]
+    padded_dims = padded_shape(geo)  # [N, *padded, C]
     per_tap = _tap_gemms(geo)
     by_rows = per_tap and _row_gemms(geo)  # the input gradient per target row (K = kernel[-1] * O)
     # undilated and ungrouped, the weight gradient takes the last kernel dimension's taps in one GEMM
@@ -571,12 +576,12 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     else:
         chunks, blocks = _chunk_positions(geo, chunk_bytes, grad_out.device, grad_out.element_size())
     shapes: list[Sequence[int]] = [(o * positions, n)] + [_padded_rows_shape(geo)] * by_rows
-    shapes += [padded] * need_weight  # the padded input
+    shapes += [padded_dims if padded is None else (0,)] * need_weight  # the padded input
     if by_rows:  # the input gradient (every row written) and slabs of the weight regrouped by input column
         slabs, slab_values = _weight_slabs(geo, grad_out.element_size(), _chunk_bytes(grad_out.device, chunk_bytes))
         shapes += [(*spatial, n, c), (slab_values,)] * need_input
     else:
-        shapes += [(*padded[1:-1], n, c)] * need_input  # the input-gradient grid
+        shapes += [(*padded_dims[1:-1], n, c)] * need_input  # the input-gradient grid
     shapes += [(blocks, og, geo.group_k)] * w_copy  # the weight of a line (chunk), taps-last
     if per_tap:  # one line's weight gradient, tap-major
         shapes.append((taps // run, g, m, og, run * cg))
@@ -587,7 +592,10 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     line_rows = grad_rows.unflatten(0, (-1, m))  # [lines, out[-1], O, N]
     if by_rows:
         padded_rows = _padded_rows(grad_rows, geo, rest.pop(0))  # [*out[:-1], margins + out[-1], O, N]
-    xp = _padded_channels_last(x, geo.pads, rest.pop(0)) if need_weight else None
+    xp = None
+    if need_weight:
+        slot = rest.pop(0)  # empty when the forward's padded input is given
+        xp = _padded_channels_last(x, geo.pads, slot) if padded is None else padded
     grid = rest.pop(0) if need_input else None
     if by_rows and need_input:
         _row_input_grad(geo, padded_rows, weight, grid, slabs, rest.pop(0))
