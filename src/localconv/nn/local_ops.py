@@ -73,11 +73,14 @@ def _triton():  # noqa: ANN202
     return triton_local
 
 
-def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str) -> Tensor:
+def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str,
+                 padded_out: Optional[Tensor] = None) -> Tensor:
+    """``padded_out``: where the portable forward builds its padded input, for the backward to reuse."""
     if backend == "triton":
         return _triton().forward(x, weight, bias, spec)
     geo = _geometry(x.shape, weight.shape, spec)
-    return local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x))
+    return local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x),
+                                  padded_out=padded_out)
 
 
 def grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: List[int], spec: Spec, backend: str,
@@ -374,14 +377,11 @@ _handoff = threading.local()
 class _Forward(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec, backend):  # noqa: ANN001, ANN205
-        if backend == "portable" and getattr(_handoff, "keep", False):
-            geo = _geometry(x.shape, weight.shape, spec)
-            padded = x.new_empty(local_portable.padded_shape(geo))
-            y = local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x),
-                                       padded_out=padded)
-            _handoff.padded = (x, padded)
-            return y
-        return forward_impl(x, weight, bias, spec, backend)
+        if backend != "portable" or not getattr(_handoff, "keep", False):
+            return forward_impl(x, weight, bias, spec, backend)
+        padded = x.new_empty(local_portable.padded_shape(_geometry(x.shape, weight.shape, spec)))
+        _handoff.padded = (x, padded)
+        return forward_impl(x, weight, bias, spec, backend, padded_out=padded)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205

@@ -312,7 +312,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     backward (``backward(..., padded=)``); by default a work buffer."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
     out0, others = geo.out_size[0], math.prod(geo.out_size[1:])
-    shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), (0,) if padded_out is not None else padded_shape(geo)]
+    padded = padded_shape(geo) if padded_out is None else (0,)  # a work buffer unless the caller keeps it
+    shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), padded]
     folded = g == 1 and geo.dilation[0] == 1
     if folded:
         chunks, most = _fold_chunks(geo, chunk_bytes, x.device, x.element_size())
@@ -404,10 +405,10 @@ def _tap_gemms(geo: Geometry) -> bool:
 
 
 def _row_gemms(geo: Geometry) -> bool:
-    """Whether the input gradient is computed per target row with ``K = kernel[-1] * O`` (see
-    :func:`_row_input_grad`): one group, stride and dilation 1 along the last dimension, and GEMMs large
-    enough for the per-tap path (:func:`_tap_gemms`)."""
-    return geo.groups == 1 and geo.stride[-1] == 1 and geo.dilation[-1] == 1 and _tap_gemms(geo)
+    """Whether a backward that runs per-tap GEMMs (:func:`_tap_gemms`) computes the input gradient per
+    target row with ``K = kernel[-1] * O`` instead (see :func:`_row_input_grad`): one group, stride and
+    dilation 1 along the last dimension."""
+    return geo.groups == 1 and geo.stride[-1] == 1 and geo.dilation[-1] == 1
 
 
 def _row_margins(geo: Geometry) -> tuple[int, int]:
@@ -439,19 +440,20 @@ def _padded_rows(rows: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.
     return out
 
 
-def _transposed_weight(weight: torch.Tensor, geo: Geometry, out: torch.Tensor, r0: int = 0, r1: int = 1
+def _transposed_weight(weight: torch.Tensor, geo: Geometry, buffer: torch.Tensor, r0: int = 0, r1: int = 1
                        ) -> torch.Tensor:
     """The weight regrouped by the input column it reaches: ``[*out[:-1], *kernel[:-1], W, kernel[-1], O, C]``
     with ``out[..., v, b', o, c] = weight[..., j, o, ..., kernel[-1]-1-b', c]`` for the position ``j`` whose
     window has input column ``v`` under tap ``kernel[-1]-1-b'`` (zero where that position does not exist);
-    of 2-D and 3-D layers only the output rows ``[r0, r1)`` of the first dimension. One strided copy per tap
-    of the last kernel dimension, from the weight in any memory layout."""
+    of 2-D and 3-D layers only the output rows ``[r0, r1)`` of the first dimension, at the start of the flat
+    ``buffer``. One strided copy per tap of the last kernel dimension, from the weight in any memory layout."""
     d, o, c = geo.dims, geo.out_channels, geo.input_shape[1]
     m, kl, width, before = geo.out_size[-1], geo.kernel[-1], geo.input_shape[-1], geo.pads[-2]
     strides = weight.stride()
     st_out, st_o, st_c, st_k = strides[:d], strides[d], strides[d + 1], strides[d + 2:]
     lines = (r1 - r0, *geo.out_size[1:-1]) if d > 1 else ()
-    out = out.view(*lines, *geo.kernel[:-1], width, kl, o, c)
+    shape = (*lines, *geo.kernel[:-1], width, kl, o, c)
+    out = buffer[:math.prod(shape)].view(shape)
     first = weight.storage_offset() + (r0 * st_out[0] if d > 1 else 0)
     for b in range(kl):
         shift = before - (kl - 1) + b  # position j = v + shift
@@ -514,21 +516,18 @@ def _row_input_grad(geo: Geometry, rows: torch.Tensor, weight: torch.Tensor, gri
     lo, _ = _row_margins(geo)
     start = lo + geo.pads[-2] - (kl - 1)  # padded position of input column 0's first window
     entries, untouched = _row_plan(geo)
-    per_row = math.prod(geo.out_size[1:-1])  # lines per first-dimension row (2-D and 3-D)
+    per_row = math.prod(geo.out_size[1:-1])  # lines per first-dimension row (2-D and 3-D; 1-D: one line)
     taps = math.prod(geo.kernel[:-1])
     positions = rows.shape[-3]
-    line_count = rows.numel() // (positions * o * n)
     # every line's [W, N, K] operand, and every input row: views made in one call each (per-item indexing
     # costs a dispatch per view, as much as a small GEMM's share of the work)
-    operands = rows.as_strided((line_count, width, n, kl * o), (positions * o * n, o * n, 1, n),
+    operands = rows.as_strided((math.prod(geo.out_size[:-1]), width, n, kl * o), (positions * o * n, o * n, 1, n),
                                rows.storage_offset() + start * o * n).unbind(0)
     targets = grid.view(-1, width, n, c).unbind(0)
     entry = 0
-    for r0, r1 in slabs:
-        size = (r1 - r0) * per_row * taps * width * kl * o * c if geo.dims > 1 else buffer.numel()
-        weights = _transposed_weight(weight, geo, buffer[:size], r0, r1).view(-1, width, kl * o, c).unbind(0)
-        w0 = r0 * per_row * taps
-        line_end = r1 * per_row if geo.dims > 1 else 1
+    for r0, r1 in slabs:  # 1-D: the one slab (0, 1)
+        weights = _transposed_weight(weight, geo, buffer, r0, r1).view(-1, width, kl * o, c).unbind(0)
+        w0, line_end = r0 * per_row * taps, r1 * per_row
         while entry < len(entries) and entries[entry][0] < line_end:
             line, w_index, target, first = entries[entry]
             entry += 1
