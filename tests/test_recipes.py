@@ -156,3 +156,21 @@ def test_resume_accepts_the_runs_own_recipe_set_and_refuses_another():
     check_resume_options(args(("nesterov", True)), meta)  # the run's own setting, repeated
     with pytest.raises(LocalconvError, match=r"^--recipe-set nesterov=false: .*\(the run's: nesterov=true\)"):
         check_resume_options(args(("nesterov", False)), meta)
+
+
+def test_warmup_epochs_sets_the_fast_schedules_ramp_and_the_default_is_unchanged(fake_cifar, tmp_path):
+    # 96 images, batch 24: 4 steps an epoch, 10 epochs = 40 steps.
+    def ramp(**overrides):  # noqa: ANN003, ANN202
+        t = make_trainer(fake_cifar, tmp_path / str(len(list(tmp_path.iterdir()))), recipe="fast", epochs=10,
+                         recipe_overrides=overrides or None)
+        return [t.schedule.multiplier(step) for step in range(40)]
+
+    default = ramp()
+    assert default[:6] == [0.25, 0.5, 0.75, 1.0, 1.0, 1 - 1 / 36]  # one epoch, then the decay from the peak
+    half = ramp(warmup_epochs=0.5)
+    assert half[:4] == [0.5, 1.0, 1.0, 1 - 1 / 38]
+    assert ramp(warmup_epochs=0)[0] == 1.0  # no warm-up: the peak at once
+    longest = ramp(warmup_epochs=20)  # longer than the run: a ramp over all of it
+    assert longest[-1] == 1.0 and longest[0] == 1 / 40
+    with pytest.raises(LocalconvError, match=r"warmup_epochs: expected a finite number >= 0"):
+        ramp(warmup_epochs=-1)

@@ -57,6 +57,8 @@ class RecipeSettings:
     photometric: bool | None = None  # None: the model's input spec; False: no brightness/contrast jitter
     crop_jitter: int | None = None  # None: random crops anywhere; J: within J pixels of the centre crop
     lr_boost: float = FAST_LR_BOOST  # fast recipe: peak rate over the linearly scaled published rates
+    warmup_epochs: float | None = None  # fast recipe: linear warm-up length; None: one epoch, at most a fifth
+                                        # of the run
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -178,7 +180,11 @@ def build_schedule(recipe: RecipeSettings, model: Classifier, steps_per_epoch: i
                              total_epochs=epochs, clock=clock)
     if schedule_text:
         return PhaseSchedule(parse_schedule(schedule_text), steps_per_epoch, total_epochs=epochs)
-    return WarmupLinearDecay(total_steps, warmup_steps=min(steps_per_epoch, total_steps // 5), final=0.0)
+    if recipe.warmup_epochs is None:
+        warmup_steps = min(steps_per_epoch, total_steps // 5)
+    else:
+        warmup_steps = min(total_steps, round(recipe.warmup_epochs * steps_per_epoch))
+    return WarmupLinearDecay(total_steps, warmup_steps=warmup_steps, final=0.0)
 
 
 def convnet_schedule_text(model: Classifier, schedule_text: str | None) -> str:

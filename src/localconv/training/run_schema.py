@@ -179,6 +179,7 @@ RECIPE_SETTINGS = Obj(fields={
     "photometric": Bool(nullable=True),
     "crop_jitter": Int(min=0, nullable=True),
     "lr_boost": Num(positive=True),
+    "warmup_epochs": Num(min=0.0, nullable=True),
 })
 
 OPTIONS = Obj(fields={
