@@ -34,7 +34,8 @@ GOOD = {
     "skipped_steps": 0, "complete": True, "stop_reason": "", "eval_split": "test", "device": "cpu",
     "recipe": {"name": "original", "batch_size": 20, "epochs": 1.0, "ema_decay": 0.9999, "ema_warmup": True,
                "label_smoothing": 0.0, "use_regularization_loss": True, "tta": "none", "nesterov": False,
-               "weight_decay": None, "photometric": None, "crop_jitter": None, "lr_boost": 3.0, "notes": []},
+               "weight_decay": None, "photometric": None, "crop_jitter": None, "lr_boost": 3.0, "warmup_epochs": None,
+               "notes": []},
 }
 
 
