@@ -13,6 +13,14 @@ tf-tutorial on the 2-core CPU machine).
    warm cache), building the model, the watched training run (:func:`run_doctor`) and formatting the report;
    wall and CPU seconds of each (CPU > wall: several threads; CPU << wall: the machine is busy).
 
+3. ``--zoo``: ``localconv.diagnose`` on the test zoo of tests/doctor_zoo.py (issue 22), no data needed: the wall
+   and CPU seconds of one diagnosis of the zoo's healthy CNN, and over ``--seeds`` seeds how many planted bugs
+   were named at their layer and how many healthy models got an error (a false alarm) or a warning.
+4. ``--watch-cost``: what ``localconv.Watch`` adds to a training step of the zoo's CNN in a plain loop (batch 32,
+   one thread): milliseconds per step without it, with ``every=10`` and with ``every=1``, medians of 5 rounds.
+
+    python benchmarks/doctor_time.py --zoo --watch-cost [--seeds 3]
+
 ``--threads N`` is passed to doctor's ``--threads`` (default 0: not passed, doctor's own choice of one thread per
 idle core; in the by-phase part that choice is made the same way, over the data phases).
 Measure on a quiet machine: on a shared one wall times say little, CPU times more.
@@ -90,7 +98,8 @@ def by_phase(data: str, threads: int) -> dict[str, dict[str, float]]:
 
         from localconv.cli.common import load_data
         from localconv.data import load_training_subset
-        from localconv.diagnostics.doctor import DoctorOptions, doctor_images, run_doctor
+        from localconv.cli.doctor_recipe import run_doctor
+        from localconv.diagnostics.doctor import DoctorOptions, doctor_images
         from localconv.diagnostics.idle_cores import IdleCores
         from localconv.models import create_model
     options = DoctorOptions(device="cpu", threads=threads)
@@ -115,13 +124,119 @@ def by_phase(data: str, threads: int) -> dict[str, dict[str, float]]:
     return phases.rows
 
 
+def _zoo() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import doctor_zoo
+
+    return doctor_zoo
+
+
+def zoo_counts(seeds: int, runs: int) -> dict[str, Any]:
+    """Detection and false-alarm counts of the zoo over ``seeds`` seeds, and the time of one diagnosis."""
+    zoo = _zoo()
+    out: dict[str, Any] = {"bugs": {}, "healthy": {}}
+    for case in zoo.BUGS:
+        named = [zoo.detected(case, zoo.run_case(case, seed)) for seed in range(seeds)]
+        out["bugs"][case.name] = sum(named)
+    for case in zoo.HEALTHY:
+        reports = [zoo.run_case(case, seed) for seed in range(seeds)]
+        out["healthy"][case.name] = {"errors": sum(not r.ok for r in reports),
+                                     "warnings": sum(r.ok and not r.healthy for r in reports),
+                                     "kinds": sorted({f.kind for r in reports for f in r.problems})}
+    cnn = zoo.HEALTHY[0]
+    walls, cpus = [], []
+    for _ in range(runs):
+        w0, c0 = time.perf_counter(), time.process_time()
+        zoo.run_case(cnn)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    out["diagnose_cnn"] = {"case": cnn.name, "steps": zoo.STEPS, "wall_s": statistics.median(walls),
+                           "cpu_s": statistics.median(cpus)}
+    out["seeds"] = seeds
+    return out
+
+
+def watch_cost(steps: int = 100, rounds: int = 5) -> dict[str, float]:
+    """Milliseconds per training step of the zoo CNN without Watch, with every=10 and every=1."""
+    import torch
+    import torch.nn.functional as F
+
+    import localconv
+
+    zoo = _zoo()
+    x, y = zoo.zoo_data()
+
+    def loop(every: int | None) -> float:
+        torch.manual_seed(0)
+        model = zoo.cnn()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        watch = localconv.Watch(model, every=every, dense_start=0) if every else None
+        if watch is not None:
+            watch.__enter__()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            i = (step * 32) % (len(y) - 32)
+            loss = F.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+            optimizer.zero_grad()
+            loss.backward()
+            if watch is not None:
+                watch.after_backward(loss, y[i:i + 32])
+            optimizer.step()
+            if watch is not None:
+                watch.after_step()
+        elapsed = time.perf_counter() - t0
+        if watch is not None:
+            watch.__exit__(None, None, None)
+        return 1000 * elapsed / steps
+
+    times: dict[str, list[float]] = {"plain": [], "every=10": [], "every=1": []}
+    for _ in range(rounds):  # interleaved: a load change hits all three alike
+        times["plain"].append(loop(None))
+        times["every=10"].append(loop(10))
+        times["every=1"].append(loop(1))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="CIFAR-10 as `localconv doctor --data` takes it")
+    parser.add_argument("--data", help="CIFAR-10 as `localconv doctor --data` takes it (the CLI timings)")
+    parser.add_argument("--zoo", action="store_true", help="time diagnose() on the zoo CNN; detection counts")
+    parser.add_argument("--seeds", type=int, default=3, help="--zoo: seeds per zoo model (default: 3)")
+    parser.add_argument("--watch-cost", action="store_true", help="Watch's cost per training step")
     parser.add_argument("--runs", type=int, default=2, help="warm-cache runs of the whole command (default: 2)")
     parser.add_argument("--threads", type=int, default=0, help="doctor --threads (default: 0 = doctor's choice)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    if args.zoo or args.watch_cost:
+        import torch
+
+        torch.set_num_threads(args.threads or 1)
+        result: dict[str, Any] = {}
+        if args.zoo:
+            result["zoo"] = zoo_counts(args.seeds, args.runs)
+        if args.watch_cost:
+            result["watch_ms_per_step"] = watch_cost()
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
+        if args.zoo:
+            z = result["zoo"]
+            print(f"zoo, {z['seeds']} seeds each, torch threads {torch.get_num_threads()}:")
+            for name, hits in z["bugs"].items():
+                print(f"  named at its layer {hits}/{z['seeds']}: {name}")
+            for name, h in z["healthy"].items():
+                print(f"  false errors {h['errors']}/{z['seeds']}, warnings {h['warnings']}/{z['seeds']}: {name}"
+                      + (f" ({', '.join(h['kinds'])})" if h["kinds"] else ""))
+            d = z["diagnose_cnn"]
+            print(f"  diagnose() on {d['case']}, {d['steps']} steps: wall {d['wall_s']:.2f} s, cpu {d['cpu_s']:.2f} s "
+                  f"(median of {args.runs})")
+        if args.watch_cost:
+            w = result["watch_ms_per_step"]
+            print("Watch on the zoo CNN (batch 32, 100 steps, median of 5): " +
+                  ", ".join(f"{k} {v:.2f} ms/step" for k, v in w.items()))
+        return 0
+    if not args.data:
+        parser.error("--data is required (or --zoo / --watch-cost)")
     whole = whole_command(args.data, args.runs, args.threads)
     phases = by_phase(args.data, args.threads)
     if args.json:

@@ -1,6 +1,6 @@
 """Benchmark LocallyConnected2d (forward + backward): time and peak memory against baselines.
 
-    python benchmarks/local_layer.py [--device cpu|cuda] [--quick] [--json OUT] [--threads 2]
+    python benchmarks/local_layer.py [--device cpu|cuda] [--quick] [--json OUT] [--threads 2] [--before]
 
 Shapes: cuda-convnet cc-11pct's local3 (C=64 -> O=64) and local4 (C=64 -> O=32), 3x3 pad 1, at
 6x6 and 8x8 outputs, N in {128, 512}, plus one larger layer (C=64, 16x16, 3x3, O=64, N=128).
@@ -9,11 +9,12 @@ Every figure is a ratio against a baseline measured in the same run, on the same
   conv2d         F.conv2d, shared weights: the lower bound (target: localconv <= 1.5x on GPU, <= 2x on CPU)
   snippet        the widely copied broadcast-multiply LocallyConnected2d (N*O*C*L*k^2 temporary)
   unfold-einsum  F.unfold + einsum with plain autograd (the einsum runs as one bmm over positions: unfold+bmm)
-Methods of localconv: local-portable (im2col + bmm, backward rebuilds the columns; on CPU with the
-weight stored as LocallyConnected2d stores it there, taps-last: [*out, O, kh, kw, C] memory order, no
-per-call weight transposes; its ratio is the acceptance figure), local-portable-contiguous (the same
-with a plain contiguous weight, as a user of the functional local_conv2d may pass) and, on CUDA,
-local-triton (fused kernels).
+Methods of localconv: local-portable (the portable backend with a plain contiguous weight, as
+LocallyConnected2d stores it on every device since issue 23; on CPU the op copies it taps-last once per
+forward for its GEMMs; its ratio is the acceptance figure), with --before also local-portable-taps-last
+(the same op with the parameter itself stored taps-last, [*out, O, kh, kw, C] memory order: the layer's
+CPU layout before issue 23, built with local_portable.taps_last_weight) and, on CUDA, local-triton
+(fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -21,7 +22,9 @@ torch.cuda.max_memory_allocated() above the memory held before the step; on CPU,
 set size during one step minus the RSS just before it, in a fresh subprocess per (method, shape):
 the kernel's peak mark (VmHWM) is reset through /proc/self/clear_refs right before the step, after
 a tiny warm-up step. (tracemalloc does not see torch's allocations.) The inputs and parameters
-exist before the step and are not counted; the gradients the step creates are.
+exist before the step and are not counted; the gradients the step creates are. "kept": what
+localconv holds between steps on the CPU (the per-thread scratch buffer, local_portable.scratch_bytes(),
+and the weight's taps-last buffer), measured in the same subprocess after the step.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from localconv.nn.functional import local_conv2d
+from localconv.nn import local_ops, local_portable
 from localconv.nn.local_portable import taps_last_weight
 
 BASELINES = ("conv2d", "unfold-einsum", "snippet")
@@ -75,8 +79,10 @@ def benchmark_shapes(quick: bool = False) -> list[Shape]:
     return shapes
 
 
-def local_methods(device: str) -> list[str]:
-    return ["local-portable", "local-portable-contiguous"] + (["local-triton"] if device == "cuda" else [])
+def local_methods(device: str, before: bool = False) -> list[str]:
+    """localconv's methods; ``before``: also the parameter stored taps-last (the CPU layout before issue 23)."""
+    return (["local-portable"] + (["local-portable-taps-last"] if before else [])
+            + (["local-triton"] if device == "cuda" else []))
 
 
 def default_local_method(device: str) -> str:
@@ -131,9 +137,9 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
         params = [param(out, out, s.o, s.c, k, k), param(s.o, out, out)]
         if method == "unfold-einsum":
             forward = lambda: unfold_einsum_forward(x, params[0], params[1], k, pad)  # noqa: E731
-        elif method in ("local-portable", "local-triton", "local-portable-contiguous"):
+        elif method in ("local-portable", "local-triton", "local-portable-taps-last"):
             backend = method.split("-")[1]
-            if method == "local-portable" and device == "cpu":  # the weight as LocallyConnected2d stores it
+            if method == "local-portable-taps-last":  # the parameter as LocallyConnected2d stored it before
                 params[0] = taps_last_weight(params[0].detach(), 2).requires_grad_()
             forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731
         else:
@@ -223,8 +229,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure_cpu_memory_here(method: str, shape: Shape, threads: int) -> int:
-    """Run in a fresh process: peak RSS during one step minus the RSS just before it.
+def kept_bytes() -> int:
+    """What localconv keeps between steps on the CPU: the per-thread scratch buffers and the taps-last
+    weight buffers (see docs/local_layer.md, "Memory")."""
+    return local_portable.scratch_bytes() + local_ops.weight_buffer_bytes()
+
+
+def measure_cpu_memory_here(method: str, shape: Shape, threads: int) -> tuple[int, int]:
+    """Run in a fresh process: (peak RSS during one step minus the RSS just before it, bytes kept after it).
 
     The peak mark is reset right before the step (/proc/self/clear_refs), so the import of torch
     and the tiny warm-up step (which loads kernels and starts thread pools) cannot mask it.
@@ -235,21 +247,23 @@ def measure_cpu_memory_here(method: str, shape: Shape, threads: int) -> int:
     if _reset_peak_rss():
         before = _proc_status_kib("VmRSS")
         step()
-        return max(0, _proc_status_kib("VmHWM") - before) * 1024
+        return max(0, _proc_status_kib("VmHWM") - before) * 1024, kept_bytes()
     # Fallback without clear_refs: growth of the lifetime peak (can under-count; never over-counts).
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
-    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, kept_bytes()
 
 
-def peak_memory_cpu(method: str, shape: Shape, threads: int) -> int:
-    """Peak-RSS growth of one step, measured in a subprocess so that no earlier step masks it."""
+def peak_memory_cpu(method: str, shape: Shape, threads: int) -> tuple[int, int]:
+    """(peak-RSS growth of one step, bytes kept after it), measured in a subprocess so that no earlier
+    step masks it."""
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", method, json.dumps(asdict(shape)),
            "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory subprocess for {method} {shape.name} failed:\n{done.stderr[-2000:]}")
-    return int(done.stdout.strip().splitlines()[-1])
+    peak, kept = done.stdout.strip().splitlines()[-1].split()
+    return int(peak), int(kept)
 
 
 def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads: int = 2,
@@ -265,7 +279,7 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
             shape_records[method] = {
                 "shape": shape.name, **asdict(shape), "method": method, "device": device,
                 "dtype": str(autocast_dtype or dtype).replace("torch.", ""), "seconds": None,
-                "seconds_min": None, "peak_bytes": None, "skipped": None}
+                "seconds_min": None, "peak_bytes": None, "kept_bytes": None, "skipped": None}
             if method == "snippet" and shape.snippet_bytes() > snippet_max_bytes:
                 shape_records[method]["skipped"] = (
                     f"broadcast product would be {shape.snippet_bytes() / 1e9:.1f} GB "
@@ -277,7 +291,7 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
                 record["peak_bytes"] = peak_memory_cuda(build_step(method, shape, device, dtype, autocast_dtype))
                 torch.cuda.empty_cache()
             else:
-                record["peak_bytes"] = peak_memory_cpu(method, shape, threads)
+                record["peak_bytes"], record["kept_bytes"] = peak_memory_cpu(method, shape, threads)
         steps = {m: build_step(m, shape, device, dtype, autocast_dtype)
                  for m, r in shape_records.items() if not r["skipped"]}
         for method, values in time_steps(steps, device, rounds, block_seconds, statistic=list).items():
@@ -295,8 +309,9 @@ def run_benchmarks(shapes: list[Shape], methods: list[str], device: str, threads
 def _format_record(r: dict) -> str:
     if r["skipped"]:
         return f"  {r['shape']:<18} {r['method']:<24} skipped: {r['skipped']}"
+    kept = f" (kept {r['kept_bytes'] / 2**20:.1f} MiB)" if r.get("kept_bytes") else ""
     return (f"  {r['shape']:<18} {r['method']:<24} {r['seconds'] * 1e3:9.2f} ms (min {r['seconds_min'] * 1e3:.2f}) "
-            f"{r['peak_bytes'] / 2**20:9.1f} MiB")
+            f"{r['peak_bytes'] / 2**20:9.1f} MiB peak{kept}")
 
 
 def ratio_rows(records: list[dict], local_method: str, time_key: str = "seconds") -> list[dict]:
@@ -359,6 +374,17 @@ def worst_conv2d_line(rows: list[dict]) -> str:
     return "worst ratio to conv2d: " + ("; ".join(parts) if parts else "n/a (no conv2d baseline measured)")
 
 
+def before_after_line(records: list[dict], time_key: str = "seconds") -> str:
+    """Per shape: time of the contiguous parameter (after) over the taps-last one (before), same run."""
+    by_key = {(r["shape"], r["method"]): r for r in records}
+    parts = []
+    for shape in dict.fromkeys(r["shape"] for r in records):
+        after, before = by_key.get((shape, "local-portable")), by_key.get((shape, "local-portable-taps-last"))
+        if after and before and after[time_key] and before[time_key]:
+            parts.append(f"{shape} {after[time_key] / before[time_key]:.2f}x")
+    return "after/before time (contiguous parameter / taps-last parameter): " + (", ".join(parts) or "n/a")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -367,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--only", metavar="TEXT", help="only shapes whose name contains TEXT")
     parser.add_argument("--methods", metavar="A,B", help="comma list (default: all)")
+    parser.add_argument("--before", action="store_true",
+                        help="also time the parameter stored taps-last (the layer's CPU layout before issue 23: "
+                             "method local-portable-taps-last) side by side, and print after/before ratios")
     parser.add_argument("--statistic", choices=("median", "min"), default="median",
                         help="time statistic of the ratio table (min: least disturbed round, for loaded machines)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")
@@ -377,13 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.memory_child:
         method, shape_json = args.memory_child
-        print(measure_cpu_memory_here(method, Shape(**json.loads(shape_json)), args.threads))
+        print(*measure_cpu_memory_here(method, Shape(**json.loads(shape_json)), args.threads))
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
     shapes = [s for s in benchmark_shapes(args.quick) if not args.only or args.only in s.name]
-    methods = args.methods.split(",") if args.methods else [*local_methods(args.device), *BASELINES]
+    methods = (args.methods.split(",") if args.methods
+               else [*local_methods(args.device, args.before), *BASELINES])
+    if args.before and "local-portable-taps-last" not in methods:
+        methods.append("local-portable-taps-last")
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 7)
     snippet_gb = args.snippet_max_gb if args.snippet_max_gb is not None else (30 if args.device == "cuda" else 3)
     print(f"device={args.device} threads={args.threads} torch={torch.__version__}")
@@ -394,11 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlocalconv = {local} (what backend='auto' uses on {args.device}); fwd+bwd, fp32, "
           f"{args.statistic} time over rounds")
     print(format_ratio_table(rows))
-    contiguous_rows = ratio_rows(records, "local-portable-contiguous", "seconds_min" if args.statistic == "min"
-                                 else "seconds") if args.device == "cpu" else []
-    if contiguous_rows:
-        print("\nlocalconv = local-portable-contiguous (a plain contiguous weight, e.g. through local_conv2d):")
-        print(format_ratio_table(contiguous_rows))
+    time_key = "seconds_min" if args.statistic == "min" else "seconds"
+    before_rows = ratio_rows(records, "local-portable-taps-last", time_key)
+    if before_rows:
+        print("\nlocalconv = local-portable-taps-last (before issue 23: the parameter itself stored taps-last):")
+        print(format_ratio_table(before_rows))
+        print(before_after_line(records, time_key))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "torch": torch.__version__,

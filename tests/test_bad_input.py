@@ -613,7 +613,7 @@ CASES = [
     Case("run-json-files-removed", "eval", _run_json_edited_field("files", None, "eval"),
          ("run.json: files: expected an object, got None",)),
     Case("run-json-options-edited", "train", _run_json_bad_options, ("run.json: options.batch_size:", "'lots'")),
-    Case("run-json-file-outside-run", "eval", _run_json_file_traversal, ("photo.png", "checkpoint file missing")),
+    Case("run-json-file-outside-run", "eval", _run_json_file_traversal, ("photo.png", "not a file of the run folder")),
     Case("weights-of-another-model-eval", "predict", _weights_of_another_model("predict"),
          ("ema-", "do not fit this model")),
     Case("weights-of-another-model-resume", "train", _weights_of_another_model("train"), ("do not fit this model",)),

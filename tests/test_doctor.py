@@ -87,6 +87,23 @@ def test_cfg_verdict_does_not_depend_on_its_learning_rates(lr_scale, tmp_path, c
     assert code == 1
     assert {"init_too_small", "vanishing_gradients"} <= {f["kind"] for f in report["findings"]
                                                         if f["layer"] == "conv2"}
+    init = next(f for f in report["findings"] if f["kind"] == "init_too_small")
+    assert f"In {tmp_path / 'layers.cfg'}: initW=" in init["fix"] and "in [conv2]" in init["fix"]
+
+
+def test_small_data_is_split_honestly_and_the_fix_is_a_flag(tmp_path, capsys):
+    """96 images: a fifth held out, 'trained on N, held out M' said, too few to judge; the init fix as --conv2-std."""
+    from cifar_fixtures import CLASSES, Arrays, write_image_tree
+    from conftest import synthetic_cifar
+
+    data = write_image_tree(tmp_path / "data", Arrays(*synthetic_cifar(n_train=96, n_test=60, seed=1), CLASSES))
+    code, out, _ = doctor(capsys, "--model", "tf-tutorial-conv", "--conv2-std", "1e-4", "--data", str(data),
+                          "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--steps", "6",
+                          "--batch-size", "16")
+    assert code == 1
+    assert "trained on 77 images, held out 19" in out, out  # a fifth of 96 held out
+    assert "[warning] model: trained on only 77 images" in out
+    assert "With localconv: --conv2-std 0.0" in out  # the std the fix suggests, as the option that sets it
 
 
 @pytest.mark.parametrize("args, words", [

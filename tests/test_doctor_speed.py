@@ -12,7 +12,8 @@ from cifar_fixtures import CLASSES, Arrays, make_arrays, write_image_tarballs, w
 from localconv.cli.main import main
 from localconv.data import load_cifar10, load_training_subset
 from localconv.data.formats import DatasetSource
-from localconv.diagnostics.doctor import DoctorOptions, doctor_images, run_doctor
+from localconv.cli.doctor_recipe import run_doctor
+from localconv.diagnostics.doctor import DoctorOptions, doctor_images
 from localconv.diagnostics.monitor import _signal
 from localconv.errors import DataError
 from localconv.models import create_model

@@ -30,7 +30,7 @@ def test_training_reduces_loss_and_writes_a_run(fake_cifar, tmp_path):
     losses = [r["loss/total"] for r in state.history]
     assert losses[-1] < losses[0]
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert meta["complete"] and meta["step"] == 12 and set(meta["files"]) == {"model", "ema", "optimizer"}
+    assert meta["complete"] and meta["step"] == 12 and set(meta["files"]) == {"model", "ema", "optimizer", "best"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1.0, 2.0, 3.0]
     # only the last checkpoint's files remain

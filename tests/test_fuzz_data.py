@@ -4,10 +4,12 @@ or one ``DataError`` / ``ConfigError`` line naming the file -- never another exc
 Bounded for CI: a few dozen examples per test (``LOCALCONV_FUZZ_EXAMPLES=N`` for more), no deadline,
 no example database. The cfg parser and builder have their own fuzzer (test_cfg_fuzz); here its
 mutation strategy is reused to drive ``localconv summary --cfg`` with real files, which adds the
-file reading and the CLI's error path.
+file reading and the CLI's error path. Data changed between ``train`` and a later use (images added, removed,
+swapped, renamed, re-encoded, touched) must give exactly the run's images or one refusal (data/identity.py).
 
 Found so far (fixed): an unknown codec name in a pickled ``_codecs.encode`` call raised LookupError
-(safe_pickle); a gzip stream cut inside its header made tarfile raise TypeError (archive).
+(safe_pickle); a gzip stream cut inside its header made tarfile raise TypeError (archive); a damaged
+decoded-cache entry made zipfile raise NotImplementedError and numpy tokenize.TokenError (cache).
 """
 from __future__ import annotations
 
@@ -200,6 +202,137 @@ def test_mutated_image_for_predict(raw: bytes) -> None:
             assert "\n" not in str(exc) and "picture.img" in str(exc), str(exc)
             return
         assert image.shape == (3, 32, 32) and image.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- data changed since the run was made
+
+CHANGE_CLASSES = ["ant", "bee", "cow", "doe"]
+CHANGE_ARRAYS = make_arrays(n_train=12, n_test=4, classes=CHANGE_CLASSES, seed=5)
+
+
+@st.composite
+def data_changes(draw: st.DrawFn) -> list[tuple]:
+    """What happens to a dataset between ``train`` and a later ``eval`` / ``--resume``: images added, removed,
+    swapped (same-size files, old mtimes kept, as when extracted from one tarball), renamed, re-encoded
+    (losslessly: the same pixels; or as JPEG: other pixels), touched; or nothing."""
+    ops = []
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["add", "remove", "swap", "rename", "reencode-png", "reencode-jpeg", "touch"]))
+        ops.append((op, draw(st.integers(0, 10_000)), draw(st.integers(0, 10_000))))
+    return ops
+
+
+def _apply(root: Path, op: str, a: int, b: int) -> None:
+    files = [f for c in CHANGE_CLASSES for f in sorted((root / "train" / c).iterdir())]
+    first, second = files[a % len(files)], files[b % len(files)]
+    if op == "add":
+        image = np.random.default_rng(a).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+        (root / "train" / CHANGE_CLASSES[b % 4] / f"new{a}.bmp").write_bytes(encode_image(image, "BMP"))
+    elif op == "remove" and len(files) > 4 and len(list(first.parent.iterdir())) > 1:
+        first.unlink()
+    elif op == "swap":
+        times = first.stat().st_mtime_ns, second.stat().st_mtime_ns
+        one, two = first.read_bytes(), second.read_bytes()
+        first.write_bytes(two)
+        second.write_bytes(one)
+        os.utime(first, ns=(times[0], times[0]))
+        os.utime(second, ns=(times[1], times[1]))
+    elif op == "rename":
+        first.rename(first.with_name(f"{b:05d}.bmp"))
+    elif op.startswith("reencode"):
+        pixels = read_image(first)
+        first.write_bytes(encode_image(pixels, "PNG" if op == "reencode-png" else "JPEG"))
+    elif op == "touch":
+        os.utime(first, ns=(a * 10**9, a * 10**9))
+
+
+def _selection(data: CifarData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positions = np.sort(positions)
+    return data.train_images[positions], data.train_labels[positions]
+
+
+@FUZZ
+@given(changes=data_changes(), val_split=st.integers(1, 6), layout=st.sampled_from(["tree", "tarballs"]))
+def test_data_changed_since_the_run_gives_the_runs_images_or_one_refusal(changes: list[tuple], val_split: int,
+                                                                         layout: str) -> None:
+    from localconv.data import load_cifar10
+    from localconv.data.identity import check_identity, identity_record
+    from localconv.data.loader import split_indices
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = write_image_tree(Path(tmp) / "tree", CHANGE_ARRAYS, fmt="BMP")
+        source = tree
+        if layout == "tarballs":
+            source = Path(tmp) / "tgz"
+            source.mkdir()
+        cache = Path(tmp) / "cache"
+
+        def pack() -> None:  # the tarballs rewritten with their old mtimes: only their content tells
+            for split in ("train", "test") if layout == "tarballs" else ():
+                archive = source / f"{split}.tar.gz"
+                mtime = archive.stat().st_mtime_ns if archive.exists() else None
+                tar_folder(tree / split, archive, split)
+                if mtime is not None:
+                    os.utime(archive, ns=(mtime, mtime))
+
+        pack()
+        made = load_cifar10(source, cache, progress=False)  # what `train` read: recorded, and now cached
+        recorded = identity_record(made, val_split)
+        train_idx, val_idx = split_indices(len(made.train_labels), val_split)
+        for op in changes:
+            _apply(tree, *op)
+        pack()
+        now = load_cifar10(source, cache, progress=False)
+        cold = load_cifar10(source, Path(tmp) / "cold-cache", progress=False)
+        for field in ("train_images", "train_labels", "test_images", "test_labels"):  # the cache is never stale
+            assert np.array_equal(getattr(now, field), getattr(cold, field)), field
+        for parts in (("val",), ("train", "val")):  # eval --split val / --calibrate; train --resume
+            try:
+                check_identity(recorded, now, parts, val_split, shown="DATA", consequence="use the run's data")
+            except DataError as exc:
+                assert "\n" not in str(exc) and str(exc).startswith("DATA: "), str(exc)
+                continue
+            now_train, now_val = split_indices(len(now.train_labels), val_split)
+            for part, then_idx, now_idx in (("val", val_idx, now_val), ("train", train_idx, now_train)):
+                if part in parts:  # accepted: exactly the images and labels the run had
+                    for a, b in zip(_selection(made, then_idx), _selection(now, now_idx)):
+                        assert np.array_equal(a, b), (part, changes)
+
+
+def _cached_entry() -> tuple[CifarData, bytes]:
+    """A cold read of a small BMP tree and the bytes of the decoded-cache entry it wrote."""
+    from localconv.data import load_cifar10
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = write_image_tree(Path(tmp) / "tree", make_arrays(8, 4, CHANGE_CLASSES, seed=3), fmt="BMP")
+        data = load_cifar10(tree, Path(tmp) / "cache", progress=False)
+        return data, next((Path(tmp) / "cache" / "decoded").glob("*.npz")).read_bytes()
+
+
+CACHED_DATA, CACHE_ENTRY = _cached_entry()
+
+
+@FUZZ
+@given(raw=mutations(CACHE_ENTRY))
+def test_mutated_cache_entry_gives_the_datas_images(raw: bytes) -> None:
+    """Damaged bytes in a decoded-cache entry (copied, truncated, flipped) give exactly the data, read from the
+    entry or decoded again after a warning; never another exception (zipfile raised NotImplementedError,
+    numpy's header parser tokenize.TokenError)."""
+    import warnings
+
+    from localconv.data import load_cifar10
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = write_image_tree(Path(tmp) / "tree", make_arrays(8, 4, CHANGE_CLASSES, seed=3), fmt="BMP")
+        cache = Path(tmp) / "cache"
+        load_cifar10(tree, cache, progress=False)
+        next((cache / "decoded").glob("*.npz")).write_bytes(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "ignoring unreadable decoded-data cache": expected for most
+            data = load_cifar10(tree, cache, progress=False)
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert np.array_equal(getattr(data, field), getattr(CACHED_DATA, field)), field
+    assert data.classes == CACHED_DATA.classes
 
 
 # --------------------------------------------------------------------------- cfg files through the CLI

@@ -120,6 +120,19 @@ def test_layer_through_triton_and_custom_op_checks() -> None:
                           test_utils=utils)
 
 
+@kernels
+@pytest.mark.parametrize("groups", [1, 2])
+def test_triton_empty_batch(groups: int) -> None:
+    # issue 23: N = 0 gives an empty output and zero gradients, as F.conv2d does (no kernel launch)
+    layer = LocallyConnected2d(4, 6, (5, 4), 3, padding=1, groups=groups, backend="triton").to(DEVICE)
+    x = torch.zeros(0, 4, 5, 4, device=DEVICE, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 6, 5, 4)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and not layer.weight.grad.any() and not layer.bias.grad.any()
+    assert local_functional.select_backend(x, layer.weight, layer.bias, "triton") == "triton"
+
+
 # (id, N, C, size, O, kernel, stride, padding pairs, dilation, groups, bias): small, the interpreter is slow
 GRADGRAD_CASES = [
     ("2d-strided-dilated-grouped-asym", 1, 2, (3, 4), 2, (2, 2), (2, 1), (0, 1, 1, 0), (1, 2), 2, "untied"),

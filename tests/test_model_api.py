@@ -30,10 +30,10 @@ def raw_images(n: int = 4, chans: int = 3, seed: int = 0) -> torch.Tensor:
 
 def test_list_models_pattern_and_names_with_underscores() -> None:
     assert localconv.list_models("cc-*") == ["cc-11pct", "cc-13pct", "cc-18pct", "cc-80sec"]
-    assert localconv.list_models("tf_*") == TF_MODELS
+    assert localconv.list_models("tf_*") == sorted(TF_MODELS + ["tf-tutorial-2016"])  # + the 2016 bug, on purpose
     assert localconv.list_models("*local*") == ["tf-tutorial-local"]
     assert localconv.list_models("resnet*") == []
-    assert len(localconv.list_models()) == 7
+    assert len(localconv.list_models()) == 8
     for name in ("tf_tutorial", "TF-Tutorial", "tf-tutorial"):
         model = localconv.create_model(name)
         assert model.model_name == "tf-tutorial" and n_params(model) == 1_068_298
@@ -197,3 +197,28 @@ def test_load_run_refuses_an_unknown_weights_choice(tmp_path) -> None:
     for which in ("emma", "EMA", None):
         with pytest.raises(ValueError, match="'ema'.*'raw'"):
             localconv.load_run(tmp_path, which=which)
+
+
+def test_reset_classifier_forgets_the_old_heads_metadata(tmp_path, monkeypatch) -> None:
+    """Issue 24: after load_run + reset_classifier(5), nothing may still describe the old 10-way head."""
+    from run_fixtures import image_tree, train_run
+
+    monkeypatch.setenv("LOCALCONV_CACHE", str(tmp_path / "cache"))  # never ~/.cache
+
+    from localconv.training.checkpoint import update_meta
+
+    run = train_run(image_tree(tmp_path / "data"), tmp_path / "run")
+    update_meta(run, temperature=2.5)  # as `localconv eval --calibrate` stores it
+    model, meta = localconv.load_run(run)
+    assert model.classes == meta["classes"] and len(model.classes) == 10 and float(model.temperature) == 2.5
+    logits = model(model.preprocess(raw_images(2)))
+    model.reset_classifier(5)
+    assert model.classes is None and model.pretrained_cfg["classes"] is None
+    assert float(model.temperature) == 1.0 and model.pretrained_cfg["num_classes"] == 5
+    new_logits = model(model.preprocess(raw_images(2)))
+    assert torch.allclose(model.predict_proba(raw_images(2)), torch.softmax(new_logits, -1))  # not scaled by 2.5
+    assert logits.shape == (2, 10) and new_logits.shape == (2, 5)
+    cfg_model = localconv.create_model("cc-80sec")  # the cfg networks replace their heads their own way
+    cfg_model.classes, _ = list("abcdefghij"), cfg_model.temperature.fill_(3.0)
+    cfg_model.reset_classifier(4)
+    assert cfg_model.classes is None and float(cfg_model.temperature) == 1.0

@@ -87,8 +87,13 @@ BAD = [
     ("files.ema", 3, "files.ema: expected a non-empty string, got 3"),
     ("step", KeyError, "step: missing"),
     ("train_time_s", -1, "train_time_s: expected a finite number >= 0, got -1"),
-    ("best_accuracy", "high", "best_accuracy: expected a finite number >= 0 or null, got 'high'"),
-    ("temperature", 0, "temperature: expected a finite number > 0, got 0"),
+    ("best_accuracy", "high", "best_accuracy: expected a number in [0, 1] or null, got 'high'"),
+    ("temperature", 0, "temperature: expected a number in [0.001, 1000], got 0"),
+    ("temperature", 1e-300, "temperature: expected a number in [0.001, 1000], got 1e-300"),
+    ("temperature", 1e9, "temperature: expected a number in [0.001, 1000], got 1000000000.0"),
+    ("step", 10**30, "step: expected an integer in 0..9007199254740992, got 1000000000000000000000000000000"),
+    ("last_accuracy", 1.5, "last_accuracy: expected a number in [0, 1] or null, got 1.5"),
+    ("model.kwargs", {"a": json.loads("[" * 40 + "]" * 40)}, "objects and lists nested more than 32 levels deep"),
     ("complete", 1, "complete: expected true or false, got 1"),
     ("eval_split", "train", "eval_split: expected one of test, val, got 'train'"),
     ("recipe.ema_decay", 1.0, "recipe.ema_decay: expected a number in [0, 1) or null, got 1.0"),
@@ -133,3 +138,31 @@ def test_read_meta_validates_the_file(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text(json.dumps(GOOD))
     assert read_meta(tmp_path)["step"] == 2
     assert RUN_SCHEMA.required  # the schema names its required fields
+
+
+# run.json as a Ctrl-C or SIGTERM leaves it: 3 steps into an epoch of 4 steps of 20 images
+CUT = {**GOOD, "step": 7, "ema_updates": 7, "steps_per_epoch": 4, "total_steps": 8, "complete": False,
+       "stop_reason": "terminated", "partial_epoch": {"loss_sum": [7.0, 6.9], "steps": 3, "mark_loss_sum": [4.6, 4.5],
+                                                      "mark_steps": 2, "train_hits": 6, "train_seen": 60}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"best_step": 9}, "best_step 9 is after step 7"),
+    ({"ema_updates": 8}, "ema_updates 8 exceeds step 7"),
+    ({"ema_updates": 6}, "ema_updates 6 is not step 7 less 0 skipped steps"),
+    ({"skipped_steps": 1}, "ema_updates 7 is not step 7 less 1 skipped steps"),
+    ({"best_accuracy": 0.05}, "best_accuracy 0.05 is below last_accuracy 0.1"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "steps": 4}}, "partial_epoch counts 4 steps"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "mark_steps": 4}}, "partial_epoch counts 3 steps (4 since"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "mark_loss_sum": [7.5, 4.5]}}, "mark_loss_sum exceeds loss_sum"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "loss_sum": [-1, 6.9]}}, "partial_epoch.loss_sum[0]: expected"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "train_hits": 61}}, "train_hits and train_seen do not fit"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "train_seen": 61}}, "train_hits and train_seen do not fit"),
+])
+def test_counters_that_contradict_each_other_are_refused(change: dict, message: str) -> None:
+    """Each value fits the schema alone, but not the others: --resume would log wrong loss means, training
+    accuracies or best steps (hand-edited run.json, issue 21)."""
+    validate_run_meta(CUT, "run.json")
+    with pytest.raises(CheckpointError, match="was the file edited") as info:
+        validate_run_meta({**CUT, **change}, "run.json")
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it (add new exports here and to __all__)
 _LAZY: dict[str, str] = {
-    "create_model": "localconv.models",
+    "create_model": "localconv.training.init_from",  # the registry's, plus checkpoint_path= (trained weights)
     "list_models": "localconv.models",
     "transforms": "localconv.models",
     "LocallyConnected1d": "localconv.nn",
@@ -24,10 +24,17 @@ _LAZY: dict[str, str] = {
     "LazyLocallyConnected1d": "localconv.nn",
     "LazyLocallyConnected2d": "localconv.nn",
     "LazyLocallyConnected3d": "localconv.nn",
+    "diagnose": "localconv.diagnostics.diagnose",
+    "Watch": "localconv.diagnostics.watch",
+    "resize_images": "localconv.data.resize",
 }
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from .models import create_model, list_models, transforms
+    from .diagnostics.diagnose import diagnose
+    from .data.resize import resize_images
+    from .diagnostics.watch import Watch
+    from .models import list_models, transforms
+    from .training.init_from import create_model
     from .nn import (LazyLocallyConnected1d, LazyLocallyConnected2d, LazyLocallyConnected3d, LocallyConnected1d,
                      LocallyConnected2d, LocallyConnected3d)
 
@@ -46,7 +53,7 @@ def __dir__() -> list[str]:
 
 
 def load_run(path, which: str = "ema", device: str = "cpu"):  # noqa: ANN001, ANN201 (documented in training.checkpoint)
-    """Load a trained run folder: returns ``(model, metadata)``; ``which`` = 'ema' or 'raw' weights
+    """Load a trained run folder: returns ``(model, metadata)``; ``which`` = 'ema', 'raw' or 'best' weights
     (anything else is a ValueError). ``model.classes`` holds the run's class names."""
     from .training.checkpoint import load_run as _load_run
 
@@ -55,4 +62,4 @@ def load_run(path, which: str = "ema", device: str = "cpu"):  # noqa: ANN001, AN
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d", "LazyLocallyConnected1d",
            "LazyLocallyConnected2d", "LazyLocallyConnected3d", "LocalconvError", "create_model", "list_models",
-           "load_run", "transforms", "__version__"]
+           "load_run", "resize_images", "transforms", "Watch", "diagnose", "__version__"]

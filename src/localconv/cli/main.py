@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ COMMANDS = [
     "train",
     "eval",
     "predict",
+    "export",
     "summary",
     "doctor",
     "compare",
@@ -57,13 +59,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+# What a shell reports for a tool stopped by SIGPIPE (128 + 13), e.g. `localconv models | head -1`.
+EXIT_STDOUT_CLOSED = 141
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout has gone (``| head``): stop quietly, as other command-line tools do. stdout is
+    pointed at /dev/null so that the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to redirect
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _tell_torchrun(line: str) -> None:
+    """Under torchrun, leave the error line in the worker's error file: torchrun's failure report then shows it
+    instead of '<N/A>' (its format: torch.distributed.elastic.multiprocessing.errors)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as fh:
+            json.dump({"message": line, "timestamp": int(time.time())}, fh)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # train --nproc-per-node starts workers with it
+    if unknown:  # the subcommand's own usage, not the top-level one, says what it accepts
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except LocalconvError as exc:
-        print(f"localconv {args.command}: error: {exc}", file=sys.stderr)
+        # under torchrun every process meets the same input error: rank 0 says it once (the others' exit codes
+        # appear in torchrun's own report); a failed peer is reported by every process that saw it
+        line = f"localconv {args.command}: error: {exc}"
+        # (under train --nproc-per-node the launcher prints one line for all workers, from their error files)
+        if (os.environ.get("RANK", "0") == "0" or getattr(exc, "every_rank", False)) and not (
+                os.environ.get("LOCALCONV_LAUNCHER") and os.environ.get("TORCHELASTIC_ERROR_FILE")):
+            print(line, file=sys.stderr)
+        _tell_torchrun(line)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,13 +22,13 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds;
 # and training-set size)
 RESUME_APPLIED = frozenset({
     "out", "resume", "epochs", "device", "step", "compile", "eval_every", "checkpoint_every", "no_progress",
-    "data", "cache_dir", "watch", "watch_every", "stop_on_problem", "tensorboard", "tb_every",
+    "data", "cache_dir", "watch", "watch_every", "stop_on_problem", "tensorboard", "tb_every", "nproc_per_node",
 })
 # fixed by the run: the run's options (run.json "options") and data arguments (run.json "data.args"); any other
 # option recorded there is fixed too, and an option recorded nowhere is refused
 RESUME_FIXED_OPTIONS = ("recipe", "batch_size", "lr", "lr_scale", "schedule", "seed", "amp", "skip_nonfinite")
 RESUME_FIXED_DATA = ("limit_train", "limit_test", "val_split")
-MODEL_ARGS = ("model", "cfg", "params", "crop", "conv1_std", "conv2_std")
+MODEL_ARGS = ("model", "cfg", "params", "crop", "conv1_std", "conv2_std", "softmax_output", "in_chans")
 RECORDED_AS = {"recipe_set": "recipe_overrides"}  # options recorded in run.json "options" under another name
 
 

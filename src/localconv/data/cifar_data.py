@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from .files import is_utf8
 
 # Label index -> name, in the order of the official releases (and of sorted folder names).
 CIFAR10_CLASSES: list[str] = [
@@ -57,6 +58,8 @@ def check_class_names(classes: list[str], where: str) -> None:
     for index, name in enumerate(classes):
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{where}: class name {index} is empty ({name!r})")
+        if not is_utf8(name):
+            raise DataError(f"{where}: class name {index} ({name!r}) is not valid UTF-8")
         if name in seen:
             raise DataError(f"{where}: class name {name!r} occurs twice (labels {classes.index(name)} and {index})")
         seen.add(name)

@@ -21,6 +21,20 @@ MAX_IMAGE_BYTES = 64 * MIB
 MAX_BATCH_BYTES = 512 * MIB
 
 
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` (as os.scandir / tarfile give it: undecodable bytes as lone surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str | os.PathLike) -> str:
+    """``path`` as it can be printed: bytes that are not UTF-8 shown as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def kind_of(mode: int) -> str:
     """A reader's word for what a stat mode is ('FIFO', 'symbolic link', ...)."""
     for test, word in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),

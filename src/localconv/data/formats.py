@@ -8,6 +8,8 @@ Accepted (see docs/data.md):
   (``train``, ``test``, ``meta``), read with its fine or coarse labels (:class:`DataOptions`);
 * an image-folder tree ``train/<class>/*`` + ``test/<class>/*`` (classes = sorted folder names);
 * a folder holding ``train.tar.gz`` + ``test.tar.gz`` of such trees;
+* a folder of class folders ``<class>/*`` without a split: a seeded, stratified test split is drawn
+  (:mod:`localconv.data.class_folders`, ``DataOptions.test_split``);
 * a folder that contains one of the above under its official name.
 
 Archives are streamed with :mod:`tarfile` and their members read in memory: nothing is ever
@@ -25,7 +27,9 @@ from tqdm import tqdm
 from ..errors import DataError
 from .archive import first_member_top, iter_archive
 from .cifar_data import CifarData
-from .files import MAX_BATCH_BYTES, check_file_or_folder, read_regular_file
+from .class_folders import check_test_fraction, list_class_files, looks_like_class_folders, split_class_files
+from .class_folders import description as class_folders_description
+from .files import MAX_BATCH_BYTES, check_file_or_folder, printable, read_regular_file
 from .image_tree import SPLITS, ImageTree, add_archive_split, list_tree_files
 from .images import DEFAULT_RESIZE, RESIZE_MODES
 from .releases import (BINARY_RELEASE, BINARY_TOP, CIFAR100_META, CIFAR100_TOP, LABEL_SETS, PYTHON_RELEASE,
@@ -41,7 +45,8 @@ ACCEPTED = ("accepted: the CIFAR-10 python release (cifar-10-python.tar.gz or th
             "with data_batch_1..5, test_batch, batches.meta), the binary release (cifar-10-binary.tar.gz or "
             "cifar-10-batches-bin/ with data_batch_1..5.bin, test_batch.bin, batches.meta.txt), the CIFAR-100 "
             "python release (cifar-100-python.tar.gz or cifar-100-python/ with train, test, meta), an image-folder "
-            "tree (train/<class>/*, test/<class>/*), or a folder holding train.tar.gz and test.tar.gz of such trees")
+            "tree (train/<class>/*, test/<class>/*), a folder holding train.tar.gz and test.tar.gz of such trees, "
+            "or a folder of class folders (<class>/*: a seeded test split is drawn, --test-split)")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,12 @@ class DataOptions:
 
     labels: str | None = None  # 'fine' | 'coarse' (CIFAR-100 only; None = fine)
     resize: str = DEFAULT_RESIZE  # 'none' | 'shorter-side' (image trees; see images.prepare_image)
+    # the fraction of each class held out as test images of a <class>/<image> folder (class_folders.py)
+    test_split: float | None = None
 
     def __post_init__(self) -> None:
+        if self.test_split is not None:
+            check_test_fraction(self.test_split)
         if self.labels is not None and self.labels not in LABEL_SETS:
             raise DataError(f"--labels must be one of {', '.join(LABEL_SETS)}, got {self.labels!r}")
         if self.resize not in RESIZE_MODES:
@@ -79,6 +88,8 @@ class DatasetSource:
     listing: list[str] = field(default_factory=list)  # more of what keys the cache (folder names, options)
     # reads everything like ``reader`` but decodes only the selected training images (image trees)
     subset_reader: Callable[[bool, Selector], TrainingSubset] | None = None
+    # the cache key hashes the files' bytes (a few large files); False: their stat (many small files, cache.py)
+    keyed_by_content: bool = True
 
     def read(self, progress: bool = True) -> CifarData:
         data = self.reader(progress)
@@ -146,14 +157,24 @@ def _with_options(source: DatasetSource, options: DataOptions) -> DatasetSource:
     if options.labels is not None and source.kind != "cifar100":
         raise DataError(f"--labels {options.labels}: only the CIFAR-100 release has fine and coarse labels; "
                         f"{source.path} holds {source.description.split(' (')[0]}")
+    if options.test_split is not None and source.kind != "class-folders":
+        raise DataError(f"--test-split {options.test_split:g}: only for a folder of class folders without train/ "
+                        f"and test/; {source.path} holds {source.description.split(' (')[0]}, with its own test split")
     if options.tag not in source.listing:  # a folder holding a release is detected through detect_source twice
         source.listing.append(options.tag)
     return source
 
 
-def _image_folder(root: Path, options: DataOptions) -> DatasetSource:
-    tree_files = list_tree_files(root)
-    description = f"image folders train/, test/ (folder {root}){_resize_note(options)}"
+def _image_folder(root: Path, options: DataOptions, kind: str = "image-folder") -> DatasetSource:
+    if kind == "class-folders":  # <class>/<image>: the test split is drawn (class_folders.py)
+        fraction = check_test_fraction(options.test_split)
+        tree_files = split_class_files(list_class_files(root), fraction)
+        description = f"{class_folders_description(root, fraction)}{_resize_note(options)}"
+    else:
+        tree_files = list_tree_files(root)
+        splits = "train/, test/" if (root / "test").is_dir() or not (root / "val").is_dir() else \
+            "train/, val/ (no test/: val/ holds the evaluation images)"
+        description = f"image folders {splits} (folder {root}){_resize_note(options)}"
     all_files = [file for split in SPLITS for files in tree_files[split].values() for file in files]
     # An empty class folder holds no file but must change the cache key (it makes the data invalid).
     folders = [f"{split}/{name}/" for split in SPLITS for name in tree_files[split]]
@@ -175,7 +196,10 @@ def _image_folder(root: Path, options: DataOptions) -> DatasetSource:
         tree = fill(ImageTree(str(root), options.resize, decode_later=True), progress)
         return tree.training_subset(description, select)
 
-    return DatasetSource("image-folder", root, description, all_files, read, folders, read_subset)
+    if kind == "class-folders":  # the same files split at another fraction are other data
+        folders.append(f"test_split={fraction}")
+    return DatasetSource(kind, root, description, all_files, read, folders, read_subset,
+                         keyed_by_content=False)
 
 
 def _split_archive(folder: Path, split: str) -> Path | None:
@@ -247,6 +271,8 @@ def _detect_folder(folder: Path, options: DataOptions) -> DatasetSource:
     for contained in CONTAINED_NAMES:
         if contained in names:
             return detect_source(folder / contained, options)
+    if looks_like_class_folders(folder, names):
+        return _image_folder(folder, options, kind="class-folders")
     if not names:
         raise DataError(f"{folder}: folder is empty; {ACCEPTED}")
     shown = ", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else "")
@@ -256,7 +282,10 @@ def _detect_folder(folder: Path, options: DataOptions) -> DatasetSource:
 def detect_source(path: str | os.PathLike, options: DataOptions | None = None) -> DatasetSource:
     """Work out which accepted layout ``path`` is; a path that matches none raises :class:`DataError`."""
     options = options or DataOptions()
-    resolved = Path(path).expanduser().resolve()
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise DataError(f"{printable(path)}: cannot read ({exc})") from None
     if not resolved.exists():
         raise DataError(f"{path}: no such file or folder; {ACCEPTED}")
     check_file_or_folder(resolved, path)  # a FIFO or device would block or never end

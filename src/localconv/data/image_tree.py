@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DataError
 from .archive import iter_archive
 from .cifar_data import IMAGE_SIDE, CifarData
-from .files import MAX_IMAGE_BYTES, kind_of
+from .files import MAX_IMAGE_BYTES, is_utf8, kind_of, printable
 from .images import DEFAULT_RESIZE, decode_dataset_image
 from .subset import Selector, TrainingSubset, selected_positions
 
@@ -45,21 +45,31 @@ class ImageTree:
     def _decode(self, data: bytes, shown_name: str) -> np.ndarray:
         return decode_dataset_image(data, shown_name, IMAGE_SIDE, self.resize)
 
+    def _folder(self, split: str) -> str:
+        """The folder name a split was read from, for messages: a train/ + val/ tree's evaluation images are
+        its val/ folder (list_tree_files)."""
+        root = Path(self.where)
+        if split == "test" and (root / "val").is_dir() and not (root / "test").is_dir():
+            return "val"
+        return split
+
     def _classes(self) -> list[str]:
         """The sorted class names, once every split and class folder was checked."""
         for split in SPLITS:
+            folder = self._folder(split)
             if not self.images[split]:
-                raise DataError(f"{self.where}: no class folders under {split}/ (expected {split}/<class>/<image>)")
+                raise DataError(f"{self.where}: no class folders under {folder}/ (expected {folder}/<class>/<image>)")
             for class_name, items in self.images[split].items():
                 if not items:
-                    raise DataError(f"{os.path.join(self.where, split, class_name)}: class folder "
-                                    f"{split}/{class_name}/ holds no images")
+                    raise DataError(f"{os.path.join(self.where, folder, class_name)}: class folder "
+                                    f"{folder}/{class_name}/ holds no images")
         train_classes, test_classes = set(self.images["train"]), set(self.images["test"])
         if train_classes != test_classes:
             only_train = ", ".join(sorted(train_classes - test_classes)) or "-"
             only_test = ", ".join(sorted(test_classes - train_classes)) or "-"
-            raise DataError(f"{self.where}: train/ and test/ have different class folders "
-                            f"(only in train: {only_train}; only in test: {only_test})")
+            test = self._folder("test")
+            raise DataError(f"{self.where}: train/ and {test}/ have different class folders "
+                            f"(only in train: {only_train}; only in {test}: {only_test})")
         return sorted(train_classes)
 
     def _ordered(self, split: str, classes: list[str]) -> tuple[list[Any], np.ndarray]:
@@ -94,53 +104,87 @@ class ImageTree:
         return TrainingSubset(images, labels[positions], positions, len(items), classes, description)
 
 
+# What Windows and macOS drop into folders they show (compared case-insensitively), skipped like hidden names.
+OS_JUNK_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "__macosx"})
+
+
 def _is_hidden(name: str) -> bool:
-    # .DS_Store, macOS ._resource forks, editor backups: never part of a dataset.
-    return name.startswith(".")
+    # Hidden names (.DS_Store, macOS ._resource forks, editor backups) and OS junk: never part of a dataset.
+    return name.startswith(".") or name.lower() in OS_JUNK_NAMES
 
 
 def list_tree_files(root: Path) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> image files of an image-folder tree on disk (sorted; hidden entries skipped)."""
     tree: dict[str, dict[str, list[Path]]] = {}
+    seen_folders: dict[tuple[int, int], str] = {}  # (device, inode) of each class folder -> its path
     for split in SPLITS:
         split_dir = root / split
+        if split == "test" and not split_dir.is_dir() and (root / "val").is_dir():
+            split_dir = root / "val"  # train/ + val/ without test/: val/ holds the evaluation images (val_folder.py)
         if not split_dir.is_dir():
             other = "test" if split == "train" else "train"
             raise DataError(f"{root}: has {other}/ but no {split}/ folder (an image-folder tree needs both)")
-        tree[split] = {}
-        for entry in _sorted_entries(split_dir):
-            if _is_hidden(entry.name):
-                continue
-            if not entry.is_dir():
-                raise DataError(f"{entry.path}: unexpected file, {split}/ must hold only class folders")
-            check_class_name(entry.name, entry.path)
-            files = []
-            for item in _sorted_entries(Path(entry.path)):
-                if _is_hidden(item.name):
-                    continue
-                if item.is_dir():
-                    raise DataError(f"{item.path}: unexpected folder, expected image files in {split}/{entry.name}/")
-                _check_regular(item)
-                files.append(Path(item.path))
-            tree[split][entry.name] = files
+        tree[split] = list_class_folders(split_dir, seen_folders, f"{split}/")
     return tree
 
 
+def list_class_folders(folder: Path, seen_folders: dict[tuple[int, int], str], where: str) -> dict[str, list[Path]]:
+    """class -> image files of ``folder/<class>/<image>`` (sorted; hidden entries skipped); ``where`` names
+    ``folder`` in messages (``train/``); ``seen_folders`` collects the class folders met (a link to one is refused)."""
+    classes: dict[str, list[Path]] = {}
+    for entry in _sorted_entries(folder):
+        if _is_hidden(entry.name):
+            continue
+        if not stat.S_ISDIR(_followed_stat(entry, seen_folders).st_mode):
+            raise DataError(f"{entry.path}: unexpected file, {where} must hold only class folders")
+        check_class_name(entry.name, entry.path)
+        files = []
+        for item in _sorted_entries(Path(entry.path)):
+            if _is_hidden(item.name):
+                continue
+            _check_regular(item, f"{where}{entry.name}/")
+            files.append(Path(item.path))
+        classes[entry.name] = files
+    return classes
+
+
 def check_class_name(name: str, shown: str) -> None:
-    """A class name is a label shown to people and stored in runs: no blank or padded names."""
+    """A class name is a label shown to people and stored in runs: no blank or padded names, only UTF-8."""
     if not name.strip() or name != name.strip():
-        raise DataError(f"{shown}: class name {name!r} is blank or starts/ends with spaces")
+        raise DataError(f"{printable(shown)}: class name {name!r} is blank or starts/ends with spaces")
+    if not is_utf8(name):  # os.scandir and tarfile hand undecodable bytes over as lone surrogates
+        raise DataError(f"{printable(shown)}: class folder name '{printable(name)}' is not valid UTF-8; rename it "
+                        "(class names are stored in run.json and written to reports)")
 
 
-def _check_regular(item: os.DirEntry) -> None:
+def _followed_stat(entry: os.DirEntry, seen_folders: dict[tuple[int, int], str]) -> os.stat_result:
+    """The stat of an entry of a split folder (links followed); a folder reached twice (``train/kitty -> cat``, or a
+    train class linked to a test class) is refused: its images would get two labels, or be trained and tested on."""
+    try:
+        info = entry.stat()
+    except OSError as exc:  # a dangling link, a link loop
+        raise DataError(f"{printable(entry.path)}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        identity = (info.st_dev, info.st_ino)
+        if identity in seen_folders:
+            raise DataError(f"{printable(entry.path)}: is the same folder as {printable(seen_folders[identity])} "
+                            "(a link); its images would be read twice, under two labels or in both splits")
+        seen_folders[identity] = entry.path
+    return info
+
+
+def _check_regular(item: os.DirEntry, folder: str) -> None:
     # Links to image files are followed on disk (a common way to build a tree); the target must be a
     # regular file: a FIFO would block the read forever, a device would never end.
     try:
         mode = item.stat().st_mode
-    except OSError as exc:
-        raise DataError(f"{item.path}: cannot read ({exc.strerror or exc})") from None
+    except OSError as exc:  # a dangling link, a link loop
+        raise DataError(f"{printable(item.path)}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{printable(item.path)}: unexpected folder, expected image files in {folder}")
     if not stat.S_ISREG(mode):
-        raise DataError(f"{item.path}: is a {kind_of(mode)}, not a regular file (class folders hold image files)")
+        raise DataError(f"{printable(item.path)}: is a {kind_of(mode)}, not a regular file (class folders hold "
+                        "image files)")
 
 
 def _sorted_entries(folder: Path) -> list[os.DirEntry]:

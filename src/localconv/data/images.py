@@ -44,6 +44,8 @@ def _open_image(stream: io.BytesIO, name: str) -> Image.Image:
             # A decompression-bomb *warning* would otherwise print for large photos given to predict.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(stream)
+    except Image.UnidentifiedImageError:  # its message names Pillow's in-memory stream, not the file
+        raise DataError(f"{name}: not a readable image (no image format recognized: not an image file?)") from None
     except _DECODE_ERRORS as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from None
 

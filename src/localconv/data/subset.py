@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .cache import read_npz, write_npz
+from .cache import check_entry_key, read_npz, write_npz
 from .cifar_data import CifarData, check_class_names
 
 # Given the number of images in the whole training split, the positions to keep (any order; duplicates
@@ -59,10 +59,12 @@ def subset_cache_path(full_cache_file: Path) -> Path:
     return full_cache_file.with_name(full_cache_file.stem + ".subset.npz")
 
 
-def load_subset(path: Path, select: Selector, source: str) -> TrainingSubset | None:
-    """The subset cached at ``path`` if it holds exactly the images ``select`` picks now, else None."""
+def load_subset(path: Path, select: Selector, source: str, key: str) -> TrainingSubset | None:
+    """The subset cached at ``path`` if it was written under ``key`` and holds exactly the images ``select``
+    picks now, else None."""
 
     def build(arrays: Any) -> TrainingSubset | None:
+        check_entry_key(arrays, key, path)
         total = int(arrays["total"])
         positions = arrays["positions"]
         if not np.array_equal(positions, selected_positions(select, total, source)):
@@ -75,7 +77,7 @@ def load_subset(path: Path, select: Selector, source: str) -> TrainingSubset | N
     return read_npz(path, build, "decoded-subset")
 
 
-def save_subset(path: Path, subset: TrainingSubset) -> None:
-    """Store ``subset`` at ``path`` atomically; a cache that cannot be written only warns."""
+def save_subset(path: Path, subset: TrainingSubset, key: str) -> None:
+    """Store ``subset`` read under ``key`` at ``path`` atomically; a cache that cannot be written only warns."""
     write_npz(path, "decoded-subset", images=subset.images, labels=subset.labels, positions=subset.positions,
-              total=np.int64(subset.total), classes=np.array(subset.classes, dtype=str))
+              total=np.int64(subset.total), classes=np.array(subset.classes, dtype=str), cache_key=np.array(key))

@@ -49,6 +49,21 @@ MIN_LOSS_STEPS = 50      # steps needed before judging the loss trend (batch los
 LOSS_TOLERANCE = 0.01    # a loss "decreases" when its last fifth is below its first fifth by this
 LOSS_AT_CHANCE = 0.02    # ... and sits "at chance" within this of ln(classes)
 LOSS_WINDOW = 500        # steps averaged at each end (long runs: the start of training vs now)
+# Raw pixels: a first layer whose input has an RMS above 10, most of it a mean offset (0..255 images:
+# mean ~120, RMS ~135), was not normalized; cuda-convnet's mean-subtracted raw pixels (mean ~4, RMS ~64)
+# are its design and pass.
+RAW_INPUT_MEAN_SHARE = 0.5
+RAW_INPUT_RMS = 10.0
+# A layer below a stack of saturating nonlinearities that gets under 1% of the gradient (relative to its
+# weights) of the best-fed layer above it starves; under 0.1% its training is broken.
+SATURATING = ("Sigmoid", "Tanh", "ScaledTanh", "Softsign", "Hardsigmoid", "LogSigmoid")
+STARVING_RATIO = 1e-2
+STARVED_RATIO = 1e-3
+MIN_UNSEEN_IMAGES = 100  # images never trained on needed to call an accuracy "at chance"
+MIN_FIT = 0.05           # labels check: the training loss must fall this much (memorizing)...
+CARRIED_OVER = 0.0       # ... with none of the fall on unseen images (a slow start shows some: zero classifier)
+TRAINED_LOSS_SHARE = 0.5  # a loss that starts under half of chance: a model trained before, not one that cannot learn
+MIN_TRAIN_IMAGES = 500   # fewer training images: a few hundred steps memorize them, the run cannot be judged
 
 
 @dataclass
@@ -62,6 +77,7 @@ class Finding:
     message: str
     fix: str
     step: int | None = None
+    std: float | None = None  # init findings: the suggested weight std (the CLI turns it into a flag)
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -176,14 +192,14 @@ def check_init_scale(h: MonitorHistory) -> list[Finding]:
                 f"{name}'s initial weights (std {_fmt(s.weight_rms)}) are far below fan-in scaling for its input "
                 f"(RMS {_fmt(s.in_rms)}): it passes on only {_pct(s.forward_gain)} of its input's variation "
                 "between images.",
-                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step))
+                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step, good))
         elif s.forward_gain > hi:
             good = s.weight_rms / s.forward_gain * max(1.0, 1.0 / max(s.in_rms, 1e-12))
             found.append(Finding(
                 "init_too_large", name, "warning",
                 f"{name}'s initial weights (std {_fmt(s.weight_rms)}) are far above fan-in scaling for its input "
                 f"(RMS {_fmt(s.in_rms)}): it amplifies its input's variation {s.forward_gain:.0f}x.",
-                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step))
+                f"initialize {name} with std about {_fmt(good)} (gain ~1 for this input{he}).", s.step, good))
     return found
 
 
@@ -307,8 +323,12 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
     layers whose weights do not move. Layers with a too-small init are left to the init check:
     tiny weights make any sensible step look large."""
     found, too_large = [], []
+    frozen = set(_never_updated(h)) | set(h.frozen)  # ... or frozen on purpose (requires_grad_(False))
+    # layers that get a gradient: one that gets none (below a dead layer) does not move whatever the rate
+    movers = [n for n in h.layers if not weak_init(h, n) and n not in frozen and _median_update(h, n) is not None
+              and all(s.grad_rms for s in h.stats[n][1:] if s.grad_rms is not None)]
     for name in h.layers:
-        if weak_init(h, name):
+        if weak_init(h, name) or name in frozen:
             continue
         ratios = [(s.step, s.update_ratio) for s in h.stats.get(name, [])
                   if s.update_ratio is not None and math.isfinite(s.update_ratio)]
@@ -327,6 +347,15 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
                 f"{name}'s weights hardly move: each step changes them by {_fmt(statistics.median(later))} "
                 "of their size (median).",
                 f"raise {name}'s learning rate, or look for vanishing gradients above it.", ratios[1][0]))
+    if movers and not too_large and all(_median_update(h, n) < UPDATE_TOO_SMALL for n in movers):
+        largest = max(_median_update(h, n) for n in movers)
+        factor = 10 ** max(1, math.ceil(math.log10(1e-3 / max(largest, 1e-12))))
+        return [Finding(
+            "learning_rate_too_low", None, "error",
+            f"no layer's weights move: each optimizer step changes them by at most {_fmt(largest)} of their size "
+            "(median per layer; healthy steps change weights by about 0.01%-1%), so the network learns nothing.",
+            f"raise the learning rate about {factor:g}x (the optimizer's lr; --lr or --lr-scale for built-in models).",
+            _first_step(h))]
     if too_large:
         worst = max(r for _, _, r in too_large)
         first = min(step for _, step, _ in too_large)
@@ -344,6 +373,160 @@ def check_updates(h: MonitorHistory) -> list[Finding]:
                                      f"an optimizer step changes {name}'s weights by {_pct(r)} of their size "
                                      f"(step {step}): its learning rate is far too high.", fix, step))
     return found
+
+
+def _median_update(h: MonitorHistory, layer: str) -> float | None:
+    """Median update/weight ratio of a layer after its first step (None: too few samples)."""
+    ratios = [s.update_ratio for s in h.stats.get(layer, [])[1:]
+              if s.update_ratio is not None and math.isfinite(s.update_ratio)]
+    return statistics.median(ratios) if len(ratios) >= 2 else None
+
+
+def _first_step(h: MonitorHistory) -> int | None:
+    steps = h.monitored_steps
+    return steps[0] if steps else None
+
+
+def _never_updated(h: MonitorHistory) -> list[str]:
+    """Layers that get weight gradients but whose weights never change (left out of the optimizer)."""
+    frozen = []
+    for name in h.layers:
+        stats = [s for s in h.stats.get(name, []) if s.update_ratio is not None]
+        if name in h.not_in_optimizer or (len(stats) >= 2 and all(
+                s.update_ratio == 0.0 and s.grad_rms is not None and s.grad_rms > 0 for s in stats)):
+            frozen.append(name)
+    return frozen
+
+
+def check_optimizer_coverage(h: MonitorHistory) -> list[Finding]:
+    """Layers that receive gradients that the optimizer never applies."""
+    return [Finding(
+        "not_in_optimizer", name, "error",
+        f"{name} gets gradients but its weights never change: "
+        + ("its parameters are not in the optimizer" if name in h.not_in_optimizer else
+           "the optimizer does not update them (left out of it, or a learning rate of 0)")
+        + ", so it keeps its random initial weights.",
+        f"give the optimizer all of the model's parameters, e.g. torch.optim.SGD(model.parameters(), ...), "
+        f"including {name}'s; freeze a layer on purpose with requires_grad_(False).", _first_step(h))
+        for name in _never_updated(h)]
+
+
+def check_softmax_before_loss(h: MonitorHistory) -> list[Finding]:
+    """Probabilities fed to a loss that applies a softmax itself (the tutorial's exercise 1 trap)."""
+    if not (h.expects_logits and h.probabilities_out):
+        return []
+    where = (f"the model's {h.softmax_module} module" if h.softmax_module else
+             f"a softmax after {h.layers[-1]}" if h.layers else "a softmax in the model")
+    # named at the nn.Softmax module; a functional softmax at the layer whose outputs it squeezes
+    layer = h.softmax_module or (h.layers[-1] if h.layers else None)
+    return [Finding(
+        "softmax_before_loss", layer, "error",
+        f"the model's outputs are already probabilities ({where}), but the loss (cross-entropy) applies a softmax "
+        "itself: a double softmax squeezes the outputs into 0..1, so the loss can hardly move from chance and its "
+        "gradients are tiny.",
+        "return the logits (remove the softmax from the model's forward) and apply the softmax only for "
+        "predictions; or keep log-probabilities (log_softmax) with nll_loss.", _first_step(h))]
+
+
+def check_inputs(h: MonitorHistory) -> list[Finding]:
+    """Raw 0..255 pixels (or any input far from zero mean, unit scale) fed to the first layer."""
+    if not h.layers or not h.stats.get(h.layers[0]):
+        return []
+    name = h.layers[0]
+    s = h.stats[name][0]
+    if not (s.in_rms > RAW_INPUT_RMS and s.in_mean > RAW_INPUT_MEAN_SHARE * s.in_rms):
+        return []
+    return [Finding(
+        "unnormalized_inputs", name, "warning",
+        f"{name}'s inputs are not normalized: mean {s.in_mean:.3g}, RMS {s.in_rms:.3g} (raw 0..255 pixels?); "
+        "activations and gradients come out hundreds of times too large, so steps overshoot.",
+        "normalize the inputs: divide pixels by 255 and subtract the mean / divide by the std per channel "
+        "(torchvision.transforms.Normalize), the same way for training and evaluation.", s.step)]
+
+
+def check_saturating_stack(h: MonitorHistory) -> list[Finding]:
+    """Layers starved of gradient below a stack of sigmoid/tanh layers (each shrinks the gradient),
+    named at the layers that starve."""
+    feed: dict[str, float] = {}
+    for name in h.layers:
+        values = [s.grad_rms / max(s.weight_rms, 1 / math.sqrt(h.fan_in.get(name) or 1))
+                  for s in h.stats.get(name, []) if s.grad_rms is not None and math.isfinite(s.grad_rms)]
+        if values:
+            feed[name] = statistics.median(values)
+    found = []
+    for i, name in enumerate(h.layers[:-1]):
+        above = [n for n in h.layers[i + 1:] if n in feed]
+        saturating = [n for n in h.layers[i:-1] if h.activations.get(n) in SATURATING]
+        if name not in feed or not above or len(saturating) < 2:
+            continue
+        best = max(above, key=lambda n: feed[n])
+        ratio = feed[name] / feed[best] if feed[best] > 0 else 1.0
+        if ratio >= STARVING_RATIO:
+            continue
+        kinds = "/".join(sorted({h.activations[n].lower() for n in saturating}))
+        found.append(Finding(
+            "vanishing_gradients", name, "error" if ratio < STARVED_RATIO else "warning",
+            f"{name} starves: it gets {_pct(ratio)} of the gradient (relative to its weights) that {best} gets, "
+            f"because the gradient crosses {len(saturating)} saturating {kinds} layers on its way down and each "
+            "multiplies it by their slope (a sigmoid's is at most 0.25), so it barely learns.",
+            f"use ReLU (nn.ReLU) instead of {kinds} in the hidden layers, or add normalization (nn.BatchNorm1d/2d) "
+            "or residual connections; with tanh, at least Xavier init (nn.init.xavier_normal_).",
+            _first_step(h)))
+    return found
+
+
+def check_labels(h: MonitorHistory) -> list[Finding]:
+    """The network fits its training batches, yet nothing of it carries over to images it never trained
+    on (accuracy at chance, loss not lower): the labels do not belong to their inputs (shuffled, misaligned)."""
+    if h.unseen is None or h.unseen_loss is None or h.unseen[1] < MIN_UNSEEN_IMAGES \
+            or len(h.losses) < MIN_LOSS_STEPS:
+        return []
+    correct, n = h.unseen
+    chance = 1 / h.num_classes
+    accuracy = correct / n
+    if _above_chance(h):
+        return []
+    k = min(LOSS_WINDOW, max(5, len(h.losses) // 5))
+    head = [x for _, x in h.losses[:k] if math.isfinite(x)]
+    tail = [x for _, x in h.losses[-k:] if math.isfinite(x)]
+    if len(head) < 2 or len(tail) < 2:
+        return []
+    m_head, m_tail = statistics.fmean(head), statistics.fmean(tail)
+    se = math.sqrt(statistics.pvariance(head) / len(head) + statistics.pvariance(tail) / len(tail))
+    if m_tail > m_head - max(MIN_FIT, 3 * se):
+        return []  # nothing learned at all, not even by heart: the loss check says so
+    carried = (m_head - h.unseen_loss) / (m_head - m_tail)  # share of the training loss's fall seen on new images
+    if carried > CARRIED_OVER:
+        return []  # learning that generalizes, only slowly (a zero-initialized classifier, say)
+    return [Finding(
+        "labels_mismatch", None, "error",
+        f"the network fits its training batches (loss {m_head:.3f} -> {m_tail:.3f}) but not images it never "
+        f"trained on (loss {h.unseen_loss:.3f}, accuracy {100 * accuracy:.1f}% of {n}, chance {100 * chance:.0f}%): "
+        "it memorizes, as when the labels do not belong to their inputs (shuffled separately, off by one, or in "
+        "another order than the images).",
+        "check that each label goes with its image (look at a few images with their labels); shuffle images and "
+        "labels with one permutation (x[idx], y[idx]), never separately.", h.losses[-1][0])]
+
+
+def check_data_size(h: MonitorHistory) -> list[Finding]:
+    """Too few training images to tell learning from memorizing: never call such a run healthy."""
+    if h.trained_on is None or h.trained_on >= MIN_TRAIN_IMAGES:
+        return []
+    return [Finding(
+        "too_little_data", None, "warning",
+        f"trained on only {h.trained_on} images: a few hundred steps go over each of them many times, so a "
+        "falling loss may be memorizing and the held-out accuracy is too noisy; the doctor cannot judge this run.",
+        f"give the doctor at least {MIN_TRAIN_IMAGES} training images (more data, or a larger --limit-train); "
+        "it holds out a fifth of them (at most --val-images).", None)]
+
+
+def _above_chance(h: MonitorHistory) -> bool:
+    """The accuracy on images the model never trained on is clearly (3 standard errors) above chance."""
+    if h.unseen is None or h.unseen[1] < MIN_UNSEEN_IMAGES:
+        return False
+    correct, n = h.unseen
+    chance = 1 / h.num_classes
+    return correct / n > chance + 3 * math.sqrt(chance * (1 - chance) / n)
 
 
 def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Finding]:
@@ -367,6 +550,12 @@ def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Findi
                         "lower the learning rate.", last[0][0])]
     at_chance = abs(m_tail - chance) < LOSS_AT_CHANCE
     if m_tail > m_head - LOSS_TOLERANCE or (at_chance and m_head - m_tail < 2 * se):
+        if m_head < TRAINED_LOSS_SHARE * chance and _above_chance(h):  # trained before (or converged)
+            return [Finding("already_trained", None, "info",
+                            f"the loss holds at {m_tail:.3f}, far below chance ({chance:.2f}): the model was already "
+                            f"trained (or has converged) ({steps}).",
+                            "nothing to fix; to judge how it learns, run the doctor on a freshly initialized model.",
+                            last[0][0])]
         what = (f"the loss is stuck at chance level, ln({h.num_classes}) = {chance:.2f}: the network predicts "
                 "the same for every image" if at_chance else "the loss does not decrease")
         return [Finding("loss_not_decreasing", None, "warning",
@@ -377,6 +566,8 @@ def check_loss(h: MonitorHistory, min_steps: int = MIN_LOSS_STEPS) -> list[Findi
 
 
 def check_softmax(h: MonitorHistory) -> list[Finding]:
+    if not h.expects_logits:
+        return []  # not a cross-entropy (a regression's MSE, say): its outputs are no softmax's logits
     chance = math.log(h.num_classes)
     saturated = [o for o in h.outputs if o.saturated_frac > SATURATED_FRACTION and o.loss > chance]
     if not saturated:
@@ -392,7 +583,8 @@ def check_softmax(h: MonitorHistory) -> list[Finding]:
 
 CHECKS: list[Callable[[MonitorHistory], list[Finding]]] = [
     check_nonfinite, check_init_scale, check_gradient_flow, check_constant_outputs, check_dead_units,
-    check_updates, check_softmax,
+    check_updates, check_softmax, check_optimizer_coverage, check_softmax_before_loss, check_inputs,
+    check_saturating_stack, check_data_size,
 ]
 
 
@@ -404,6 +596,7 @@ AFTERMATH = {
     "not_learning": "{layer} stopped learning", "loss_not_decreasing": "the loss stopped decreasing",
     "loss_increasing": "the loss rose",
 }
+MODEL_CAUSES = ("softmax_before_loss", "labels_mismatch", "learning_rate_too_low")
 STARVING = ("dead_layer", "vanishing_gradients", "zero_init", "init_too_small", "softmax_saturated")
 
 
@@ -428,6 +621,19 @@ def explain(findings: list[Finding], history: MonitorHistory) -> list[Finding]:
     if starving:
         top = max(starving)
         kept = [f for f in kept if not (f.kind == "not_learning" and order.get(f.layer, len(order)) < top)]
+    if any(f.kind in MODEL_CAUSES for f in kept):  # a stalled loss is what these causes do
+        kept = [f for f in kept if f.kind != "loss_not_decreasing"]
+    if any(f.kind == "softmax_before_loss" for f in kept) and history.layers:  # squeezed outputs: its doing
+        kept = [f for f in kept if not (f.kind in ("constant_outputs", "softmax_saturated")
+                                        and f.layer == history.layers[-1])]
+    for f in kept:  # an init far too large is the cause of a blow-up that follows it
+        if f.kind == "init_too_large" and blowups:
+            f.severity = "error"
+            f.message += " The steps that follow blow up (below)."
+    for f in kept:  # raw inputs are the cause when training broke
+        if f.kind == "unnormalized_inputs" and any(
+                g.severity == "error" or g.kind.startswith("loss_") for g in kept if g is not f):
+            f.severity = "error"
     return kept
 
 
@@ -437,6 +643,8 @@ def run_checks(history: MonitorHistory, min_loss_steps: int = MIN_LOSS_STEPS) ->
     ``min_loss_steps``: the loss trend is judged only after this many steps.
     """
     findings = [f for check in CHECKS for f in check(history)] + check_loss(history, min_loss_steps)
+    if not any(f.is_problem and f.kind != "loss_not_decreasing" for f in findings):  # else: that is the cause
+        findings += check_labels(history)
     findings = explain(findings, history)
     order = {name: i for i, name in enumerate(history.layers)}
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), order.get(f.layer, len(order))))

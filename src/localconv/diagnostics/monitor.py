@@ -1,9 +1,12 @@
 """Per-layer statistics of a training run, gathered by forward hooks (what the doctor looks at).
 
-:class:`LayerMonitor` is a training :class:`~localconv.training.callbacks.Callback`. On every
-``every``-th step it records, for each weight layer (a module that owns a weight matrix or
-filter bank: ``nn.Conv2d``, ``nn.Linear``, :class:`~localconv.nn.LocallyConnected2d`, the
-cuda-convnet layers...), in forward order:
+:class:`LayerMonitor` is the one watcher behind ``localconv doctor``, ``localconv.diagnose``,
+``localconv.Watch`` and ``train --watch``; it stands on torch alone and is driven by two calls,
+:meth:`~LayerMonitor.observe_backward` and :meth:`~LayerMonitor.observe_step` (the training engine
+calls them through the callback methods of the same object). On every ``every``-th step it records,
+for each weight layer (a module that owns a weight matrix or filter bank: ``nn.Conv2d``,
+``nn.Linear``, :class:`~localconv.nn.LocallyConnected2d`, the cuda-convnet layers...), in forward
+order:
 
 * the layer's activations after its nonlinearity: mean, RMS, *signal* (the spread between the
   images of the batch, i.e. what carries information) and the fraction of dead ReLU units;
@@ -23,18 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..training.callbacks import Callback
-from ..training.layer_hooks import LayerHooks, checksum, locate_nonfinite, weight_params
-
-if TYPE_CHECKING:
-    from ..training.engine import Trainer
+from ..layer_hooks import LayerHooks, checksum, locate_nonfinite, weight_params
 
 SATURATED_PROB = 0.999  # a top softmax probability this close to 1 counts as saturated
+PROBABILITY_CHECK_STEPS = 3  # outputs that are probabilities in the first steps: a softmax inside the model
 
 def is_rectifier(module: nn.Module | None) -> bool:
     """Activations whose units can die: output stuck at 0 for every input (ReLU, brelu, ReLU6)."""
@@ -74,6 +74,7 @@ class LayerStats:
     finite_act: bool = True
     finite_grad: bool = True
     finite_weight: bool = True
+    in_mean: float = 0.0       # mean of the layer's input (raw 0..255 pixels: ~120)
 
     @property
     def forward_gain(self) -> float:
@@ -127,6 +128,16 @@ class MonitorHistory:
     rectified: dict[str, bool] = field(default_factory=dict)        # layer -> has a rectifier
     fan_in: dict[str, int] = field(default_factory=dict)            # layer -> inputs per output unit
     num_classes: int = 10
+    activations: dict[str, str] = field(default_factory=dict)      # layer -> its nonlinearity's class name
+    expects_logits: bool = True          # the loss applies a softmax itself (cross-entropy)
+    probabilities_out: bool = False      # the model's outputs were probabilities (rows >= 0 summing to 1)
+    softmax_module: str | None = None    # the nn.Softmax module of the model, if it has one
+    not_in_optimizer: list[str] = field(default_factory=list)     # weight layers left out of the optimizer
+    frozen: list[str] = field(default_factory=list)   # weight layers frozen on purpose (no weight requires_grad)
+    accuracy: list[tuple[int, int, int]] = field(default_factory=list)  # (step, correct, n) before each step
+    unseen: tuple[int, int] | None = None  # (correct, n) on images the model never trained on
+    unseen_loss: float | None = None       # the loss on those images (at the end of the run)
+    trained_on: int | None = None          # training images (None: unknown, a stream)
 
     @property
     def monitored_steps(self) -> list[int]:
@@ -137,11 +148,15 @@ class MonitorHistory:
         return {"layers": self.layers, "num_classes": self.num_classes, "fan_in": self.fan_in,
                 "stats": {k: [s.to_dict() for s in v] for k, v in self.stats.items()},
                 "outputs": [asdict(o) for o in self.outputs],
-                "losses": self.losses,
+                "losses": self.losses, "activations": self.activations,
+                "expects_logits": self.expects_logits, "probabilities_out": self.probabilities_out,
+                "not_in_optimizer": self.not_in_optimizer, "frozen": self.frozen,
+                "unseen": self.unseen, "unseen_loss": self.unseen_loss,
+                "trained_on": self.trained_on,
                 "nonfinite": asdict(self.nonfinite) if self.nonfinite else None}
 
 
-def data_loss(trainer: "Trainer", loss: torch.Tensor) -> torch.Tensor:
+def data_loss(trainer: Any, loss: torch.Tensor) -> torch.Tensor:
     """The trainer's loss without its weight-decay term and cost coefficient: the cross-entropy."""
     with torch.no_grad():
         if trainer.recipe.model_decay_in_loss:
@@ -167,7 +182,7 @@ def _per_image_norm_rms(g: torch.Tensor) -> torch.Tensor:
     return g.detach().float().flatten(1).norm(dim=1).pow(2).mean().sqrt()
 
 
-class LayerMonitor(Callback):
+class LayerMonitor:
     """Records :class:`LayerStats` of every weight layer every ``every`` steps (see module doc).
 
     ``keep_tensors``: also keep the last monitored step's activations and their gradients
@@ -186,6 +201,7 @@ class LayerMonitor(Callback):
         self.last_tensors: dict[str, dict[str, torch.Tensor]] = {}
         self.samples = 0  # monitored steps recorded so far
         self._armed = False
+        self._classes_known = True
         self._step = 0
         self._pending: dict[str, dict[str, Any]] = {}
         self._before: dict[str, list[torch.Tensor]] = {}
@@ -196,8 +212,13 @@ class LayerMonitor(Callback):
     def attach(self, model: nn.Module, step: int = 0) -> None:
         self.detach()
         self.hooks = LayerHooks(model)
+        softmaxes = [name for name, m in model.named_modules() if isinstance(m, nn.Softmax)]
+        self.history.softmax_module = softmaxes[-1] if softmaxes else None
         self.history.num_classes = int(getattr(model, "num_classes", 10))
+        self._classes_known = hasattr(model, "num_classes")  # else: the width of the outputs
         self.history.fan_in = {name: fan_in(m) for name, m in self.hooks.layers.items()}
+        self.history.frozen = [name for name, m in self.hooks.layers.items()
+                               if not any(p.requires_grad for p in weight_params(m))]
         self._arm(step)
 
     def detach(self) -> None:
@@ -212,17 +233,35 @@ class LayerMonitor(Callback):
             self.hooks.detail = self._armed
 
     # ------------------------------------------------------ engine callbacks
-    def on_train_start(self, trainer: "Trainer") -> None:
+    # (the methods of localconv.training.callbacks.Callback, duck-typed: diagnostics never import training)
+    def on_train_start(self, trainer: Any) -> None:
         self.attach(trainer.model, trainer.state.step)
 
-    def on_train_end(self, trainer: "Trainer") -> None:  # noqa: ARG002
+    def on_train_end(self, trainer: Any) -> None:  # noqa: ARG002
         self.detach()
 
-    def after_backward(self, trainer: "Trainer", loss: torch.Tensor) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None: ...
+
+    def after_backward(self, trainer: Any, loss: torch.Tensor) -> None:
         self.observe_backward(loss, data_loss(trainer, loss))
 
-    def after_step(self, trainer: "Trainer", loss: torch.Tensor) -> None:  # noqa: ARG002
+    def after_step(self, trainer: Any, loss: torch.Tensor) -> None:  # noqa: ARG002
         self.observe_step()
+
+    def _observe_outputs(self, logits: torch.Tensor | None, targets: torch.Tensor | None) -> None:
+        """Whether the model's outputs are probabilities (first steps only), and the batch's accuracy."""
+        if logits is None or logits.ndim != 2:
+            return
+        if not self._classes_known and logits.shape[1] >= 2:
+            self.history.num_classes = int(logits.shape[1])
+        if self._step < PROBABILITY_CHECK_STEPS and not self.history.probabilities_out:
+            out = logits.detach().float()
+            self.history.probabilities_out = bool((out >= 0).all()) and bool(
+                ((out.sum(dim=1) - 1).abs() < 1e-3).all())
+        if targets is not None and targets.ndim == 1 and targets.shape[0] == logits.shape[0] \
+                and not targets.is_floating_point():
+            correct = int((logits.detach().argmax(dim=1) == targets.to(logits.device)).sum())
+            self.history.accuracy.append((self._step, correct, int(targets.shape[0])))
 
     @property
     def step(self) -> int:
@@ -230,13 +269,16 @@ class LayerMonitor(Callback):
         return self._step
 
     # ------------------------------------------- usable without the engine too
-    def observe_backward(self, loss: torch.Tensor, data_loss: torch.Tensor | None = None) -> None:
+    def observe_backward(self, loss: torch.Tensor, data_loss: torch.Tensor | None = None,
+                         targets: torch.Tensor | None = None) -> None:
         """Call after ``loss.backward()`` and before ``optimizer.step()``; ``data_loss``: the loss
-        without weight-decay terms (the cross-entropy), if it differs from ``loss``."""
+        without weight-decay terms (the cross-entropy), if it differs from ``loss``; ``targets``: the
+        batch's class labels, to record its accuracy before the step trains on it."""
         hooks = self.hooks
         if hooks is None:
             return
         self._loss = (loss if data_loss is None else data_loss).detach()
+        self._observe_outputs(hooks.logits, targets)
         if self.history.nonfinite is None and not bool(torch.isfinite(self._loss)):
             name, where = locate_nonfinite(hooks.model, hooks)
             self.history.nonfinite = NonFiniteEvent(self._step, name, where, float(self._loss))
@@ -249,15 +291,20 @@ class LayerMonitor(Callback):
                 continue
             module = hooks.layers[name]
             weights = [p.detach() for p in weight_params(module)]
-            grads = [p.grad.detach() for p in weight_params(module) if p.grad is not None]
+            # a frozen weight's .grad may be a stale one, left from before it was frozen
+            grads = [p.grad.detach() for p in weight_params(module) if p.grad is not None and p.requires_grad]
             act = probe.act if probe.act is not None else probe.output
             flat = act.detach().float().flatten(1)
+            # integer inputs (an embedding's token ids) have no scale to judge: only real-valued ones count
+            inputs = [x for x in probe.inputs if x.is_floating_point() or x.is_complex()]
             values = {
+                "in_mean": torch.stack([x.detach().float().mean() for x in inputs]).mean()
+                if inputs else flat.new_zeros(()),
                 "act_mean": flat.mean(), "act_rms": flat.pow(2).mean().sqrt(), "signal": _signal(act),
-                "in_signal": torch.stack([_signal(x) for x in probe.inputs]).pow(2).mean().sqrt()
-                if probe.inputs else flat.new_zeros(()),
-                "in_rms": torch.stack([x.detach().float().pow(2).mean() for x in probe.inputs]).mean().sqrt()
-                if probe.inputs else flat.new_zeros(()),
+                "in_signal": torch.stack([_signal(x) for x in inputs]).pow(2).mean().sqrt()
+                if inputs else flat.new_zeros(()),
+                "in_rms": torch.stack([x.detach().float().pow(2).mean() for x in inputs]).mean().sqrt()
+                if inputs else flat.new_zeros(()),
                 "weight_rms": torch.cat([w.float().flatten() for w in weights]).pow(2).mean().sqrt(),
                 "finite_act": torch.isfinite(checksum(act)),
                 "finite_weight": torch.isfinite(torch.stack([checksum(w) for w in weights]).sum()),
@@ -281,7 +328,7 @@ class LayerMonitor(Callback):
                     kept["activation_grad"] = probe.grad_out
                 self.last_tensors[name] = kept
         logits = hooks.logits
-        if logits is not None:
+        if logits is not None and logits.ndim == 2 and logits.shape[1] >= 2:  # [images, classes]: a softmax's input
             probs = torch.softmax(logits.float(), dim=-1).max(dim=-1).values
             self._output = {"logit_std": logits.float().std() if logits.numel() > 1 else logits.new_zeros(()),
                             "max_prob": probs.mean(), "saturated_frac": (probs > SATURATED_PROB).float().mean()}
@@ -326,10 +373,13 @@ class LayerMonitor(Callback):
                 grad_out=floats.get("grad_out"), grad_in=floats.get("grad_in"), weight_rms=floats["weight_rms"],
                 grad_rms=floats.get("grad_rms"), update_ratio=floats["update_ratio"],
                 finite_act=bool(floats["finite_act"]),
-                finite_grad=bool(floats.get("finite_grad", True)), finite_weight=bool(floats["finite_weight"]))
+                finite_grad=bool(floats.get("finite_grad", True)), finite_weight=bool(floats["finite_weight"]),
+                in_mean=floats["in_mean"])
             self.history.stats.setdefault(name, []).append(stats)
             probe = hooks.probes.get(name)
             self.history.rectified[name] = probe is not None and is_rectifier(probe.act_module)
+            if probe is not None and probe.act_module is not None:
+                self.history.activations[name] = type(probe.act_module).__name__
         self.samples += 1
         if self._output is not None:
             numbers = torch.stack([v.float() for v in self._output.values()]).tolist()

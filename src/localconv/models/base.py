@@ -79,11 +79,30 @@ class Classifier(nn.Module):
     num_classes: int = 10
     in_chans: int = 3
     classes: list[str] | None = None  # class names, when known (set by localconv.load_run)
+    # True only where forward returns probabilities, a deliberate bug (tf-tutorial-2016, softmax_output=True):
+    # predict_proba then takes their log as the logits (output_logits) instead of softmaxing them twice.
+    outputs_probabilities: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         # Temperature for calibrated probabilities (1 = uncalibrated); saved with the weights.
         self.register_buffer("temperature", torch.ones(()))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every model's reset_classifier also forgets what described the old head (class names, the
+        # calibrated temperature): the models replace their heads in their own ways, the metadata is the
+        # same for all of them, and a subclass cannot forget to clear it.
+        own = cls.__dict__.get("reset_classifier")
+        if own is not None and not getattr(own, "_forgets_head_metadata", False):
+            def reset_classifier(self: Classifier, num_classes: int, _replace_head: Callable = own) -> None:
+                _replace_head(self, num_classes)
+                self.forget_head_metadata()
+
+            reset_classifier.__doc__, reset_classifier.__name__ = own.__doc__, own.__name__
+            reset_classifier.__qualname__ = own.__qualname__
+            reset_classifier._forgets_head_metadata = True  # type: ignore[attr-defined]
+            cls.reset_classifier = reset_classifier  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ input checks and preprocessing
 
@@ -124,8 +143,8 @@ class Classifier(nn.Module):
                                   f"[N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}]: images.permute(0, 3, 1, 2)")
         if images.dim() != 4 or tuple(images.shape[1:]) != (chans, SOURCE_SIZE, SOURCE_SIZE):
             raise ModelValueError(f"preprocess takes uint8 images [N, {chans}, {SOURCE_SIZE}, {SOURCE_SIZE}] "
-                                  f"(NCHW), got {list(images.shape)}; resize larger images to "
-                                  f"{SOURCE_SIZE}x{SOURCE_SIZE} first")
+                                  f"(NCHW), got {list(images.shape)}; resize other sizes to "
+                                  f"{SOURCE_SIZE}x{SOURCE_SIZE} first: localconv.resize_images(images)")
 
         device = next((b.device for b in self.buffers()), images.device)
         mean = getattr(self, "pixel_mean", None) if self.needs_pixel_mean() else None
@@ -162,7 +181,15 @@ class Classifier(nn.Module):
         else:
             self.check_input(x)
             self._check_value_range(x)
-        return torch.softmax(self(x).float() / self.temperature, dim=-1)
+        return torch.softmax(self.output_logits(self(x)) / self.temperature, dim=-1)
+
+    def output_logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The network's output as float logits: itself, or, for a model that outputs probabilities
+        (:attr:`outputs_probabilities`), their log (``softmax(log p) == p``: no second softmax)."""
+        output = output.float()
+        if self.outputs_probabilities:
+            return output.clamp_min(torch.finfo(output.dtype).tiny).log()
+        return output
 
     # ------------------------------------------------------------------ classifier head (timm names)
 
@@ -171,8 +198,17 @@ class Classifier(nn.Module):
         raise NotImplementedError
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the logits layer by a freshly initialised one with ``num_classes`` outputs."""
+        """Replace the logits layer by a freshly initialised one with ``num_classes`` outputs.
+
+        The old head's metadata goes with it (:meth:`forget_head_metadata`): ``classes`` becomes None
+        and the temperature 1, until the new head is trained (training sets the data's classes)."""
         raise NotImplementedError
+
+    def forget_head_metadata(self) -> None:
+        """Drop what described the replaced head: its class names (also in :attr:`pretrained_cfg`) and the
+        softmax temperature calibrated for its logits. Called by every :meth:`reset_classifier`."""
+        self.classes = None
+        self.temperature.fill_(1.0)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:

@@ -58,14 +58,22 @@ def model_description(name: str) -> str:
     return _REGISTRY[canonical_name(name)][1]
 
 
-def create_model(name: str, **kwargs: Any) -> Classifier:
-    """Build a registered model by name (``tf-tutorial`` or ``tf_tutorial``), timm style.
+def create_model(name: str, pretrained: bool = False, checkpoint_path: Any = None, **kwargs: Any) -> Classifier:
+    """Build a registered model by name (``tf-tutorial`` or ``tf_tutorial``), timm style, untrained.
+
+    ``pretrained`` and ``checkpoint_path`` are timm's keywords: trained weights are loaded by
+    ``localconv.create_model`` (:func:`localconv.training.init_from.create_model`), which sits above the
+    checkpoint code; here only ``pretrained=False`` is accepted.
 
     Every built-in model takes ``num_classes`` (a whole number >= 2; default 10) and ``in_chans``
     (any for the tf-tutorial family; 3 only for the cc-* networks, whose layer files fix the input
     channels). Unknown names raise :class:`ModelError`; bad option values raise
     :class:`~localconv.models.base.ModelValueError` (a ``ValueError`` too).
     """
+    if pretrained is not False or checkpoint_path is not None:
+        raise ModelError("localconv.models.create_model builds untrained models and localconv hosts no pretrained "
+                         "weights; load trained ones with localconv.create_model(name, checkpoint_path=RUN folder "
+                         "or .safetensors file)")
     _ensure_builtins()
     if not isinstance(name, str):
         raise ModelValueError(f"model name must be a string, got {name!r}")

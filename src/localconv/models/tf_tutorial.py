@@ -4,6 +4,15 @@
 ``tf-tutorial-conv``   the top as shared-weight 3x3 convolutions (174,250 params; *not* the exercise's answer)
 ``tf-tutorial-local``  exercise 2 done literally: local3/local4 become cuda-convnet's locally connected
                        layers of the 11% network (2,112,970 params)
+``tf-tutorial-2016``   the blog's failing network, a deliberate bug kept for diagnosis: the tutorial's code
+                       of 2016 (conv1 and conv2 at std 1e-4) with the tempting wrong exercise answers
+                       (the shared-conv top of ``tf-tutorial-conv``, and a softmax inside the model under
+                       the softmax cross-entropy: the double softmax of exercise 1)
+
+``softmax_output=True`` (any of them; the default of ``tf-tutorial-2016`` only) makes ``forward`` return
+probabilities instead of logits. That is the bug, kept on purpose: training's cross-entropy takes the output
+as logits and applies a second softmax. ``outputs_probabilities`` says so, and ``predict_proba`` (eval,
+predict) takes ``log`` of the output as its logits, so probabilities are not softmaxed twice there.
 """
 from __future__ import annotations
 
@@ -40,10 +49,14 @@ class TFTutorialNet(Classifier):
     input_spec = InputSpec(crop=24, normalize="standardize", photometric=True)
 
     def __init__(self, top: str = "fc", conv1_std: float = 5e-2, conv2_std: float = 5e-2,
-                 num_classes: int = 10, in_chans: int = 3) -> None:
+                 num_classes: int = 10, in_chans: int = 3, softmax_output: bool = False) -> None:
         super().__init__()
         check_positive(conv1_std, "conv1_std")
         check_positive(conv2_std, "conv2_std")
+        if not isinstance(softmax_output, bool):
+            raise ModelValueError(f"softmax_output must be True or False, got {softmax_output!r}")
+        # The deliberate exercise-1 bug: forward returns softmax probabilities (see the module docstring).
+        self.outputs_probabilities = softmax_output
         self.num_classes = check_num_classes(num_classes)
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
             raise ModelValueError(f"in_chans must be a whole number >= 1, got {in_chans!r}")
@@ -131,7 +144,8 @@ class TFTutorialNet(Classifier):
             x = x.flatten(1)
         x = self.relu(self.local3(x))
         x = self.relu(self.local4(x))
-        return self.softmax_linear(x.flatten(1))
+        logits = self.softmax_linear(x.flatten(1))
+        return torch.softmax(logits, dim=-1) if self.outputs_probabilities else logits
 
     def regularization_loss(self) -> torch.Tensor:
         return sum(wd * 0.5 * getattr(self, name).weight.float().pow(2).sum() for name, wd in self._decay)
@@ -143,20 +157,31 @@ class TFTutorialNet(Classifier):
 
 @register_model("tf-tutorial")
 def tf_tutorial(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
-                in_chans: int = 3) -> Classifier:
+                in_chans: int = 3, softmax_output: bool = False) -> Classifier:
     """TF CIFAR-10 tutorial network, fully connected top (1,068,298 params)."""
-    return TFTutorialNet("fc", conv1_std, conv2_std, num_classes, in_chans)
+    return TFTutorialNet("fc", conv1_std, conv2_std, num_classes, in_chans, softmax_output)
 
 
 @register_model("tf-tutorial-conv")
 def tf_tutorial_conv(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
-                     in_chans: int = 3) -> Classifier:
+                     in_chans: int = 3, softmax_output: bool = False) -> Classifier:
     """TF tutorial with a shared-weight 3x3 conv top (174,250 params)."""
-    return TFTutorialNet("conv", conv1_std, conv2_std, num_classes, in_chans)
+    return TFTutorialNet("conv", conv1_std, conv2_std, num_classes, in_chans, softmax_output)
 
 
 @register_model("tf-tutorial-local")
 def tf_tutorial_local(conv1_std: float = 5e-2, conv2_std: float = 5e-2, num_classes: int = 10,
-                      in_chans: int = 3) -> Classifier:
+                      in_chans: int = 3, softmax_output: bool = False) -> Classifier:
     """TF tutorial with cc-11pct's locally connected top, exercise 2 (2,112,970 params)."""
-    return TFTutorialNet("local", conv1_std, conv2_std, num_classes, in_chans)
+    return TFTutorialNet("local", conv1_std, conv2_std, num_classes, in_chans, softmax_output)
+
+
+# The tutorial's init of 2016 (REFERENCE §1: conv1 and conv2 at 1e-4).
+TF2016_CONV_STD = 1e-4
+
+
+@register_model("tf-tutorial-2016")
+def tf_tutorial_2016(conv1_std: float = TF2016_CONV_STD, conv2_std: float = TF2016_CONV_STD, num_classes: int = 10,
+                     in_chans: int = 3, softmax_output: bool = True) -> Classifier:
+    """DELIBERATE BUG: the blog's 2016 network (conv1/conv2 std 1e-4, conv top, softmax in the model), stuck."""
+    return TFTutorialNet("conv", conv1_std, conv2_std, num_classes, in_chans, softmax_output)

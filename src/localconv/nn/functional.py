@@ -1,6 +1,6 @@
 """Functional locally connected (unshared-weight) convolutions, 1-D/2-D/3-D.
 
-``local_conv2d(x, weight, bias, stride, padding, dilation=1, groups=1)`` computes, for every output
+``local_conv2d(x, weight, bias, stride, padding, dilation=1, groups=1, backend=None)`` computes, for every output
 position (i, j)::
 
     y[n, g*O/G + o', i, j] = sum_{c', u, v} weight[i, j, g*O/G + o', c', u, v]
@@ -69,6 +69,8 @@ def select_backend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     source = "backend argument"
     if backend is None:
         backend, source = os.environ.get(BACKEND_ENV, "auto"), f"environment variable {BACKEND_ENV}"
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be None or one of {', '.join(BACKENDS)}, got {backend!r}")
     choice = backend.strip().lower()
     if choice not in BACKENDS:
         raise ValueError(f"{source}: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -97,7 +99,11 @@ def _autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Under autocast, cast like F.conv2d does (the casts are differentiable, so fp32 master grads)."""
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device without autocast (meta: shape inference, as F.conv2d allows)
+        enabled = False
+    if not enabled:
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
 
@@ -120,9 +126,13 @@ def local_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     ``floor((in + before + after - dilation*(k - 1) - 1) / stride) + 1`` must be the weight's.
     Raises ValueError (stating expected and actual shapes) when the shapes do not fit.
     """
-    if weight.dim() < 4 or weight.dim() % 2:
-        raise ValueError(f"weight must be [*out, out_channels, in_channels/groups, *kernel] (4, 6 or 8 "
-                         f"dimensions), got shape {list(weight.shape)}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() not in (4, 6, 8):
+        shape = list(weight.shape) if isinstance(weight, torch.Tensor) else repr(weight)
+        raise ValueError(f"weight must be [*out, out_channels, in_channels/groups, *kernel] with 1, 2 or 3 spatial "
+                         f"dimensions (4, 6 or 8 dimensions), got {shape}")
+    for name, value in (("dilation", dilation), ("groups", groups)):
+        if isinstance(value, str):  # e.g. a backend name where local_conv2d once took it (sixth)
+            raise ValueError(f"{name} must be an int or ints, got {value!r} (pass the backend as backend=...)")
     dims = weight.dim() // 2 - 1
     kernel = tuple(weight.shape[dims + 2:])
     stride_t = ntuple(stride, dims, "stride")
@@ -153,11 +163,11 @@ def local_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def local_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  stride: int | Sequence[int] = 1, padding: int | str | Sequence[int] = 0,
-                 backend: str | None = None, *, dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
+                 dilation: int | Sequence[int] = 1, groups: int = 1, backend: str | None = None) -> torch.Tensor:
     """``x [N, C, H, W]``, ``weight [out_h, out_w, O, C/groups, kh, kw]``, bias ``[O, out_h, out_w]`` or ``[O]``.
 
     padding: int, (ph, pw), (top, bottom, left, right), 'valid' or 'same'. See :func:`local_conv`.
-    (``backend`` stays the sixth positional argument, as before dilation and groups existed.)
+    The positional order is that of ``local_conv1d``/``local_conv3d`` and ``F.conv2d`` (then ``backend``).
     """
     _dims_checked(weight, 2, "local_conv2d")
     return local_conv(x, weight, bias, stride, padding, dilation, groups, backend)

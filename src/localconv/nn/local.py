@@ -13,9 +13,8 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from . import local_portable
 from .functional import BACKENDS, local_conv
-from .local_args import check_init_std, ntuple, output_size, padding_pairs
+from .local_args import check_init_std, is_int, ntuple, output_size, padding_pairs
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d",
            "LazyLocallyConnected1d", "LazyLocallyConnected2d", "LazyLocallyConnected3d"]
@@ -60,8 +59,9 @@ class _LocallyConnectedNd(nn.Module):
         super().__init__()
         d = self._dims
         for name, value in (("out_channels", out_channels), ("groups", groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        out_channels, groups = int(out_channels), int(groups)
         if out_channels % groups:
             raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
         if backend is not None and backend not in BACKENDS:
@@ -89,8 +89,18 @@ class _LocallyConnectedNd(nn.Module):
 
     def _build(self, in_channels: int, input_size: int | Sequence[int], bias: bool, factory: dict) -> None:
         """Check the input-dependent arguments, compute the geometry and create the parameters."""
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        self._geometry(in_channels, input_size)
+        # an ordinary contiguous parameter on every device (built directly, on meta or lazily): the portable
+        # backend makes its faster (taps-last) copy inside the op, per forward (see local_ops)
+        self.weight = nn.Parameter(torch.empty(self.weight_shape, **factory))
+        self.bias = nn.Parameter(torch.empty(self.bias_shape, **factory)) if bias else None
+
+    def _geometry(self, in_channels: int, input_size: int | Sequence[int]) -> None:
+        """Check the input-dependent arguments and set ``in_channels``, ``input_size``, ``output_size``,
+        ``fan_in`` and ``init_std``."""
+        if not is_int(in_channels) or in_channels < 1:
             raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+        in_channels = int(in_channels)
         if in_channels % self.groups:
             raise ValueError(f"groups={self.groups} must divide in_channels={in_channels}")
         self.in_channels = in_channels
@@ -102,27 +112,23 @@ class _LocallyConnectedNd(nn.Module):
                              f"({'x'.join(map(str, self.output_size))})")
         self.fan_in = in_channels // self.groups * math.prod(self.kernel_size)
         self.init_std = self._init_std_arg if self._init_std_arg is not None else self.gain / math.sqrt(self.fan_in)
-        shape = (*self.output_size, self.out_channels, in_channels // self.groups, *self.kernel_size)
-        bias_shape = (self.out_channels,) if self.shared_bias else (self.out_channels, *self.output_size)
-        if isinstance(self.weight if "weight" in self._parameters else None, UninitializedParameter):
-            self.weight.materialize(shape, **{k: v for k, v in factory.items() if v is not None})
-            if self.bias is not None:
-                self.bias.materialize(bias_shape, **{k: v for k, v in factory.items() if v is not None})
-            return
-        weight = torch.empty(shape, **factory)
-        if weight.device.type == "cpu":  # memory in the portable backend's GEMM order: no per-call transposes
-            weight = local_portable.taps_last_empty(shape, self._dims, **factory)
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(torch.empty(bias_shape, **factory)) if bias else None
 
-    def reset_parameters(self) -> None:
-        """weight ~ N(0, init_std^2) (not truncated, as cuda-convnet); bias = 0."""
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """``[*output_size, out_channels, in_channels/groups, *kernel_size]``."""
+        return (*self.output_size, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def bias_shape(self) -> tuple[int, ...]:
+        """``[out_channels]`` (shared) or ``[out_channels, *output_size]``."""
+        return (self.out_channels,) if self.shared_bias else (self.out_channels, *self.output_size)
+
+    def reset_parameters(self, bias: bool = True) -> None:
+        """weight ~ N(0, init_std^2) (not truncated, as cuda-convnet); bias = 0 (unless ``bias=False``)."""
         if isinstance(self.weight, UninitializedParameter):
             return
-        with torch.no_grad():  # drawn in logical order: the values do not depend on the memory layout
-            self.weight.copy_(nn.init.normal_(torch.empty(self.weight.shape, dtype=self.weight.dtype,
-                                                          device=self.weight.device), std=self.init_std))
-        if self.bias is not None:
+        nn.init.normal_(self.weight, std=self.init_std)
+        if bias and self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,16 +205,36 @@ class _LazyLocallyConnectedNd(LazyModuleMixin, _LocallyConnectedNd):
         self._factory = {"device": device, "dtype": dtype}
 
     def initialize_parameters(self, x: torch.Tensor) -> None:  # called by LazyModuleMixin before forward
-        if not self.has_uninitialized_params():
+        """Infer ``in_channels`` and ``input_size`` from the first input; create and initialize the parameters,
+        or, where ``load_state_dict`` already gave them values (as ``nn.LazyConv2d`` allows), check their
+        shapes against the geometry (ValueError naming the parameter on a mismatch) and keep them."""
+        if self.input_size is not None:
             return
         d = self._dims
         if x.dim() not in (d + 1, d + 2):
             raise ValueError(f"{type(self).__name__}: expected input [N, C, {_SPATIAL[d]}] or [C, {_SPATIAL[d]}], "
                              f"got {list(x.shape)}")
+        loaded = {name: param for name, param in (("weight", self.weight), ("bias", self.bias))
+                  if param is not None and not isinstance(param, UninitializedParameter)}
         with torch.no_grad():
-            self._build(int(x.shape[-d - 1]), tuple(int(s) for s in x.shape[-d:]), self.bias is not None,
-                        self._factory)
-            self.reset_parameters()
+            self._geometry(int(x.shape[-d - 1]), tuple(int(s) for s in x.shape[-d:]))
+            expected = {"weight": self.weight_shape, "bias": self.bias_shape}
+            for name, param in loaded.items():
+                if tuple(param.shape) != expected[name]:
+                    geometry = (self.in_channels, self.input_size, self.output_size)
+                    self.in_channels, self.input_size, self.output_size = 0, None, None  # still lazy
+                    raise ValueError(
+                        f"{type(self).__name__}: the loaded {name} has shape {list(param.shape)}, but the first "
+                        f"input {list(x.shape)} needs {list(expected[name])} (in_channels={geometry[0]}, "
+                        f"input_size={geometry[1]}, output_size={geometry[2]})")
+            factory = {k: v for k, v in self._factory.items() if v is not None}
+            for name, param in (("weight", self.weight), ("bias", self.bias)):
+                if isinstance(param, UninitializedParameter):
+                    param.materialize(expected[name], **factory)
+            if "weight" not in loaded:
+                self.reset_parameters(bias="bias" not in loaded)
+            elif self.bias is not None and "bias" not in loaded:
+                nn.init.zeros_(self.bias)
 
 
 class LazyLocallyConnected1d(_LazyLocallyConnectedNd):

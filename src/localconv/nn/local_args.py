@@ -6,17 +6,32 @@ the argument and the value.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def is_int(v: object) -> bool:
+    """An integer, Python's or numpy's (``numbers.Integral``, as ``nn.Conv2d`` accepts), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+_is_int = is_int
+
+
+def _listed(value: object) -> object:
+    """A 1-D numpy integer array as a list of its ints (other values as they are)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and np.issubdtype(value.dtype, np.integer):
+        return value.tolist()
+    return value
 
 
 def ntuple(value: int | Sequence[int], dims: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    """``3 -> (3,) * dims``; a sequence of ``dims`` ints as is; each >= ``minimum``."""
+    """``3 -> (3,) * dims``; a sequence of ``dims`` ints as is (a 1-D numpy integer array too, as
+    ``nn.Conv2d`` takes); each >= ``minimum``."""
+    value = _listed(value)
     if _is_int(value):
         values = (value,) * dims
     elif isinstance(value, Sequence) and not isinstance(value, str):
@@ -41,6 +56,7 @@ def padding_pairs(padding: int | str | Sequence[int], dims: int, kernel: Sequenc
     dimension: ``(top, bottom, left, right)`` in 2-D), ``"valid"`` (none) or ``"same"`` (output size =
     input size, stride 1 only; an odd total puts the extra zero after, as ``F.conv2d`` does).
     """
+    padding = _listed(padding)
     if isinstance(padding, str):
         if padding == "valid":
             return (0,) * (2 * dims)
@@ -71,7 +87,7 @@ def check_init_std(init_std: float | None, gain: float) -> None:
     for name, value in (("init_std", init_std), ("gain", gain)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -33,6 +33,7 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.autograd.forward_ad as forward_ad
+import torch.utils.weak
 
 from . import local_portable
 
@@ -73,10 +74,63 @@ def _triton():  # noqa: ANN202
     return triton_local
 
 
+def _legacy_batched(*tensors: Optional[Tensor]) -> bool:
+    """Whether a tensor is batched by torch's legacy vmap (``autograd.grad(is_grads_batched=True)``,
+    ``autograd.functional.jacobian/hessian(vectorize=True)``), which runs the Functions on batched
+    tensors (no vmap rule) and refuses the kernels' writes into plain work buffers."""
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return check is not None and any(t is not None and check(t) for t in tensors)
+
+
+def _columns(x: Tensor, geo: local_portable.Geometry, spec: Spec) -> Tensor:
+    """``x``'s windows as :func:`decomposed` gathers them: ``[L, g, N, K/g]`` in (c, taps) order."""
+    d, g, (n, c) = geo.dims, geo.groups, geo.input_shape[:2]
+    pad_spec = [p for dim in reversed(range(d)) for p in (spec.padding[2 * dim], spec.padding[2 * dim + 1])]
+    xp = torch.nn.functional.pad(x, pad_spec) if any(pad_spec) else x
+    padded = [s + spec.padding[2 * i] + spec.padding[2 * i + 1] for i, s in enumerate(geo.input_shape[2:])]
+    index = _window_index(geo, padded).to(x.device)
+    cols = torch.index_select(xp.reshape(n, c, math.prod(padded)), 2, index)  # [N, C, L * taps]
+    cols = cols.reshape(n, g, c // g, geo.positions, geo.taps).permute(3, 1, 0, 2, 4)
+    return cols.reshape(geo.positions, g, n, geo.group_k)
+
+
+def _grad_columns(grad_out: Tensor, geo: local_portable.Geometry) -> Tensor:
+    """``grad_out [N, O, *out]`` as ``[L, g, N, O/g]`` (the inverse of :func:`decomposed`'s output permute)."""
+    g, o, n = geo.groups, geo.out_channels, geo.input_shape[0]
+    return grad_out.reshape(n, g, o // g, geo.positions).permute(3, 1, 0, 2)
+
+
+def _decomposed_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: List[int], spec: Spec) -> Tensor:
+    """The weight gradient in plain torch ops (as :func:`decomposed`), which the legacy vmap batches."""
+    geo = _geometry(x.shape, weight_shape, spec)
+    gw = torch.matmul(_columns(x, geo, spec).transpose(2, 3), _grad_columns(grad_out, geo))  # [L, g, K/g, O/g]
+    return gw.transpose(2, 3).reshape(weight_shape)
+
+
+def _decomposed_grad_input(grad_out: Tensor, weight: Tensor, input_shape: List[int], spec: Spec) -> Tensor:
+    """The input gradient in plain torch ops (the transpose of :func:`decomposed`'s gather)."""
+    geo = _geometry(input_shape, weight.shape, spec)
+    g, o, (n, c) = geo.groups, geo.out_channels, geo.input_shape[:2]
+    w = weight.reshape(geo.positions, g, o // g, geo.group_k)  # [L, g, O/g, K/g]
+    cols = torch.matmul(_grad_columns(grad_out, geo), w)  # [L, g, N, K/g]
+    cols = cols.reshape(geo.positions, g, n, c // g, geo.taps).permute(2, 1, 3, 0, 4)
+    cols = cols.reshape(n, c, geo.positions * geo.taps)
+    padded = [s + spec.padding[2 * i] + spec.padding[2 * i + 1] for i, s in enumerate(input_shape[2:])]
+    grid = torch.zeros((n, c, math.prod(padded)), dtype=grad_out.dtype, device=grad_out.device)
+    grid = grid.index_add(2, _window_index(geo, padded).to(grad_out.device), cols).reshape(n, c, *padded)
+    crop = tuple(slice(spec.padding[2 * i], spec.padding[2 * i] + s) for i, s in enumerate(input_shape[2:]))
+    return grid[(slice(None), slice(None), *crop)]
+
+
 def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str,
                  padded_out: Optional[Tensor] = None) -> Tensor:
     """``padded_out``: where the portable forward builds its padded input, for the backward to reuse."""
+    if _legacy_batched(x, weight, bias):
+        return decomposed(x, weight, bias, spec)
     if backend == "triton":
+        if x.shape[0] == 0:  # an empty batch: no kernel launch (the portable forward checks itself)
+            return local_portable.empty_output(x, _geometry(x.shape, weight.shape, spec),
+                                               local_portable.channels_last_format(x))
         return _triton().forward(x, weight, bias, spec)
     geo = _geometry(x.shape, weight.shape, spec)
     return local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x),
@@ -85,14 +139,24 @@ def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, 
 
 def grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: List[int], spec: Spec, backend: str,
                     channels_last: bool) -> Tensor:
+    if _legacy_batched(grad_out, weight):
+        return _decomposed_grad_input(grad_out, weight, list(input_shape), spec)
     fmt = _format(channels_last, len(input_shape) - 2)
     if backend == "triton":
+        if input_shape[0] == 0:
+            geo = _geometry(input_shape, weight.shape, spec)
+            return local_portable.empty_batch_grads(grad_out, geo, True, False, fmt)[0]
         return _triton().grad_input(grad_out, weight, input_shape, spec, fmt)
     return local_portable.grad_input(grad_out, weight, _geometry(input_shape, weight.shape, spec), fmt)
 
 
 def grad_weight_impl(grad_out: Tensor, x: Tensor, weight_shape: List[int], spec: Spec, backend: str) -> Tensor:
+    if _legacy_batched(grad_out, x):
+        return _decomposed_grad_weight(grad_out, x, list(weight_shape), spec)
     if backend == "triton":
+        if x.shape[0] == 0:
+            geo = _geometry(x.shape, weight_shape, spec)
+            return local_portable.empty_batch_grads(grad_out, geo, False, True, torch.contiguous_format)[1]
         return _triton().grad_weight(grad_out, x, weight_shape, spec)
     return local_portable.grad_weight(grad_out, x, _geometry(x.shape, weight_shape, spec))
 
@@ -370,18 +434,92 @@ if hasattr(torch.library, "register_vmap"):  # torch >= 2.4
 
 # The eager portable forward hands the padded channels-last input it built to its setup_context, for the
 # backward (which would build it again: a transposing copy of the input, ~6% of a cc-11pct local layer's
-# step). ``keep``: set by apply() around a forward whose backward will run; ``padded``: (x, padded x).
+# step), and on the CPU a copy of a contiguous weight in the GEMMs' (taps-last) order, which the forward
+# and the backward then read without per-line transposes. ``keep``: set by apply() around a forward whose
+# backward will run; ``padded``: (x, padded x, taps-last weight or None).
 _handoff = threading.local()
+
+# The taps-last copy goes into a buffer kept per weight tensor (weakly: freed with the weight), so that
+# each step reuses the same memory (a fresh multi-MiB buffer costs a page fault per 4 KiB). Only the memory
+# is reused: the values are copied again on every forward, because ``weight._version`` does not see
+# ``weight.data`` writes or ``param.data = ...`` (torch.nn.utils.vector_to_parameters), so a cache of the
+# values keyed on it could silently compute with stale weights.
+# The buffer is shared by every graph of the weight, so each forward's copy gets a new generation number:
+# a backward whose forward's copy was since overwritten (another forward of the same weight before it:
+# siamese use, retained graphs, other threads) computes with the weight autograd saved instead. Under
+# saved-tensor hooks (checkpointing, offloading, ``allow_mutation_on_saved_tensors``) no copy is kept at
+# all (see apply): the backward reads what the hooks give back.
+_weight_buffers: "torch.utils.weak.WeakIdKeyDictionary" = torch.utils.weak.WeakIdKeyDictionary()
+_weight_buffers_lock = threading.Lock()
+
+
+class _WeightBuffer:
+    """A weight's taps-last buffer and the generation of the copy it holds."""
+
+    __slots__ = ("buffer", "generation")
+
+    def __init__(self, buffer: Tensor) -> None:
+        self.buffer, self.generation = buffer, 0
+
+
+class _FastWeight(NamedTuple):
+    """The taps-last copy of one forward: ``tensor`` (a view of ``entry.buffer``) is valid while
+    ``entry.generation == generation``."""
+    tensor: Tensor
+    entry: _WeightBuffer
+    generation: int
+
+    def current(self) -> bool:
+        return self.entry.generation == self.generation
+
+
+def weight_buffer_bytes() -> int:
+    """Bytes held by the taps-last weight buffers of the live weights (see :func:`_taps_last_copy`)."""
+    with _weight_buffers_lock:
+        return sum(e.buffer.numel() * e.buffer.element_size() for e in list(_weight_buffers.values()))
+
+
+def release_weight_buffers() -> int:
+    """Drop the taps-last weight buffers of all weights (e.g. a trained model kept for inference, whose
+    no-grad forwards use none); returns the bytes dropped. A graph not yet backpropagated keeps its own
+    copy alive until then; the next forward with gradients allocates again."""
+    with _weight_buffers_lock:
+        released = sum(e.buffer.numel() * e.buffer.element_size() for e in list(_weight_buffers.values()))
+        _weight_buffers.clear()
+    return released
+
+
+def _taps_last_copy(weight: Tensor, dims: int) -> _FastWeight:
+    """A taps-last copy of ``weight`` (same shape and values) in the weight's reused buffer."""
+    with _weight_buffers_lock:
+        entry = _weight_buffers.get(weight)
+        if entry is None or entry.buffer.numel() != weight.numel() or entry.buffer.dtype != weight.dtype:
+            with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+                entry = _WeightBuffer(torch.empty(weight.numel(), dtype=weight.dtype, device=weight.device))
+            _weight_buffers[weight] = entry
+        # a new generation before the copy: a backward of an earlier copy no longer trusts the buffer
+        entry.generation += 1
+        generation = entry.generation
+    return _FastWeight(local_portable.taps_last_weight(weight.detach(), dims, out=entry.buffer), entry, generation)
+
+
+def _fast_weight(x: Tensor, weight: Tensor, spec: Spec) -> Optional[_FastWeight]:
+    """The taps-last copy the eager CPU portable path computes with, or None (weight used as it is)."""
+    dims = len(spec.stride)
+    if x.device.type != "cpu" or local_portable.is_taps_last(weight, dims) or x.shape[0] == 0:
+        return None
+    return _taps_last_copy(weight, dims)
 
 
 class _Forward(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, spec, backend):  # noqa: ANN001, ANN205
-        if backend != "portable" or not getattr(_handoff, "keep", False):
+        if backend != "portable" or not getattr(_handoff, "keep", False) or _legacy_batched(x, weight):
             return forward_impl(x, weight, bias, spec, backend)
         padded = x.new_empty(local_portable.padded_shape(_geometry(x.shape, weight.shape, spec)))
-        _handoff.padded = (x, padded)
-        return forward_impl(x, weight, bias, spec, backend, padded_out=padded)
+        fast = _fast_weight(x, weight, spec)
+        _handoff.padded = (x, padded, fast)
+        return forward_impl(x, weight if fast is None else fast.tensor, bias, spec, backend, padded_out=padded)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
@@ -391,21 +529,29 @@ class _Forward(torch.autograd.Function):
         ctx.spec, ctx.backend = spec, backend
         ctx.bias_dim = None if bias is None else bias.dim()
         kept, _handoff.padded = getattr(_handoff, "padded", None), None
-        # a private copy of x as it was: x itself is checked by autograd's saved-tensor version counter
-        ctx.padded = kept[1] if kept is not None and kept[0] is x else None
+        # x as it was (a private copy) and the weight's taps-last copy (in the weight's buffer, rewritten by
+        # each forward with the weight's current values: the backward checks its generation); x and the
+        # weight themselves are checked by autograd's saved-tensor version counters, so an in-place change
+        # before the backward is refused
+        ctx.padded, ctx.fast_weight = (kept[1], kept[2]) if kept is not None and kept[0] is x else (None, None)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if ctx.backend == "portable" and (needs[0] or needs[1]) and not torch.is_grad_enabled():
+        if (ctx.backend == "portable" and (needs[0] or needs[1]) and not torch.is_grad_enabled()
+                and not _legacy_batched(grad_out)):
             # First-order backward (no create_graph): the gradients in one pass over shared buffers,
             # the weight's in its memory layout; the same GEMMs as the differentiable path, which
             # higher-order gradients take.
             geo = _geometry(x.shape, weight.shape, ctx.spec)
-            gx, gw = local_portable.backward(grad_out, x, weight, geo, needs[0], needs[1],
-                                             local_portable.channels_last_format(x), padded=ctx.padded)
-            ctx.padded = None
+            fast = ctx.fast_weight  # the forward's taps-last copy, unless another forward overwrote it since
+            fast = fast.tensor if fast is not None and fast.current() else weight
+            # the gradient in the memory order of the parameter (autograd would copy it there)
+            gx, gw = local_portable.backward(grad_out, x, fast, geo, needs[0], needs[1],
+                                             local_portable.channels_last_format(x), padded=ctx.padded,
+                                             grad_weight_taps_last=local_portable.is_taps_last(weight, geo.dims))
+            ctx.padded = ctx.fast_weight = None
             gb = bias_grad(grad_out, ctx.bias_dim) if ctx.bias_dim is not None and needs[2] else None
             return gx, gw, gb, None, None
         return (*_vjp_forward(FUNCTIONS, grad_out, x, weight, ctx.bias_dim, ctx.spec, ctx.backend, needs),
@@ -524,12 +670,14 @@ def decomposed(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec) ->
     xp = torch.nn.functional.pad(x, pad_spec) if any(pad_spec) else x
     padded = [s + spec.padding[2 * i] + spec.padding[2 * i + 1] for i, s in enumerate(geo.input_shape[2:])]
     index = _window_index(geo, padded)
-    cols = torch.index_select(xp.flatten(2), 2, index)  # [N, C, L * taps]
-    cols = cols.reshape(-1, g, c // g, geo.positions, geo.taps).permute(3, 1, 0, 2, 4)
-    cols = cols.reshape(geo.positions, g, -1, geo.group_k)  # [L, g, N, K/g] in (c, taps) order
+    n = x.shape[0]  # explicit: a -1 would be ambiguous for an empty batch
+    # reshape, not flatten: the legacy vmap (batched gradients) has no rule for flatten
+    cols = torch.index_select(xp.reshape(n, c, math.prod(padded)), 2, index)  # [N, C, L * taps]
+    cols = cols.reshape(n, g, c // g, geo.positions, geo.taps).permute(3, 1, 0, 2, 4)
+    cols = cols.reshape(geo.positions, g, n, geo.group_k)  # [L, g, N, K/g] in (c, taps) order
     w = weight.reshape(geo.positions, g, o // g, geo.group_k).transpose(2, 3)  # [L, g, K/g, O/g]
     y = torch.matmul(cols, w)  # [L, g, N, O/g]
-    y = y.permute(2, 1, 3, 0).reshape(-1, o, *geo.out_size)
+    y = y.permute(2, 1, 3, 0).reshape(n, o, *geo.out_size)
     if bias is not None:
         y = y + (bias.view(o, *[1] * d) if bias.dim() == 1 else bias)
     return y
@@ -538,14 +686,22 @@ def decomposed(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec) ->
 # ----------------------------------------------------------------------------------------------
 
 
+_saved_tensor_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks",
+                              lambda ignore_is_tracing=False: None)
+
+
 def apply(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, backend: str) -> Tensor:
     """The layer's computation through the path the context needs (see the module docstring)."""
     if "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export():  # no torch.onnx import otherwise
         return decomposed(x, weight, bias, spec)
     if torch.compiler.is_compiling():
         return _op_forward(x, weight, bias, spec, backend)
-    _handoff.keep = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    # not under saved-tensor hooks (non-reentrant checkpointing, save_on_cpu, allow_mutation_on_saved_tensors):
+    # the padded input and the weight's copy would bypass them (memory checkpointing means to free)
+    _handoff.keep = (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+                     and _saved_tensor_hooks(False) is None)
     try:
         return _Forward.apply(x, weight, bias, spec, backend)
     finally:
-        _handoff.keep = False
+        # ``padded`` too: a forward that raised leaves its hand-off unclaimed (it holds x and buffers)
+        _handoff.keep, _handoff.padded = False, None

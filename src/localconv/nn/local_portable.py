@@ -16,7 +16,8 @@ per input row (see :func:`backward`); else it gathers columns in chunks as well.
 K runs in (*kernel, c) order (not the weight's (c, *kernel)): the columns are then gathered from a
 channels-last copy of the input in runs of C/groups contiguous values, and each tap's input (and
 input gradient) is a channels-last slab; the weight rows are permuted per chunk unless the weight
-is stored taps-last (see :func:`taps_last_weight`).
+is stored taps-last (see :func:`taps_last_weight`: the eager autograd path makes such a copy of a
+contiguous weight once per forward, for the forward and its backward; the user's parameter stays contiguous).
 
 These are plain tensor functions (no autograd): :mod:`localconv.nn.local_ops` wraps them.
 """
@@ -26,6 +27,7 @@ import functools
 import itertools
 import math
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -132,23 +134,55 @@ def _chunk_bytes(device: torch.device, chunk_bytes: int | None) -> int:
     return CPU_CHUNK_BYTES if device.type == "cpu" else DEVICE_CHUNK_BYTES
 
 
+class _ThreadBuffers:
+    """One thread's scratch buffers (``by_dtype``), weakly registered so that :func:`release_scratch` reaches
+    every thread's and a finished thread's go with it."""
+
+    def __init__(self) -> None:
+        self.by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+
 _scratch_local = threading.local()
+_scratch_registry: "weakref.WeakSet[_ThreadBuffers]" = weakref.WeakSet()  # every live thread's buffers
+_scratch_lock = threading.Lock()
+
+
+def scratch_bytes() -> int:
+    """Bytes held by the CPU scratch buffers of all live threads (kept between calls, see :func:`_scratch`)."""
+    with _scratch_lock:
+        return sum(b.numel() * b.element_size()
+                   for buffers in list(_scratch_registry) for b in buffers.by_dtype.values())
+
+
+def release_scratch() -> int:
+    """Free the CPU scratch buffers kept between calls, of every thread; returns the bytes released. A
+    call running meanwhile keeps its own buffer alive until it returns; the next call allocates again."""
+    with _scratch_lock:
+        released = 0
+        for buffers in list(_scratch_registry):
+            released += sum(b.numel() * b.element_size() for b in buffers.by_dtype.values())
+            buffers.by_dtype.clear()
+    return released
 
 
 def _scratch(like: torch.Tensor, *shapes: Sequence[int]) -> list[torch.Tensor]:
     """Uninitialized work tensors of ``shapes`` (dtype and device of ``like``), never returned to callers.
 
     On CPU they are views of one buffer per thread and dtype, kept between calls (at most
-    ``SCRATCH_MAX_BYTES``; larger requests allocate): a freshly allocated buffer of some MiB costs a
-    page fault per 4 KiB on first touch (glibc returns freed heap tops to the system), often more than
-    the work done in it. On other devices, plain allocations (the caching allocator already reuses)."""
+    ``SCRATCH_MAX_BYTES`` per dtype; larger requests allocate): a freshly allocated buffer of some MiB
+    costs a page fault per 4 KiB on first touch (glibc returns freed heap tops to the system), often more
+    than the work done in it. The buffer of a thread is freed when the thread ends, or by
+    :func:`release_scratch`. On other devices, plain allocations (the caching allocator already reuses)."""
     numels = [math.prod(shape) for shape in shapes]
     total = sum(numels)
     if like.device.type != "cpu" or total * like.element_size() > SCRATCH_MAX_BYTES:
         return [like.new_empty(tuple(shape)) for shape in shapes]
     buffers = getattr(_scratch_local, "buffers", None)
     if buffers is None:
-        buffers = _scratch_local.buffers = {}
+        buffers = _scratch_local.buffers = _ThreadBuffers()
+        with _scratch_lock:
+            _scratch_registry.add(buffers)
+    buffers = buffers.by_dtype
     buffer = buffers.get(like.dtype)
     if buffer is None or buffer.numel() < total:
         buffers.pop(like.dtype, None)  # free the old one first
@@ -206,14 +240,18 @@ def taps_last_order(dims: int) -> tuple[int, ...]:
     return (*range(dims + 1), *range(dims + 2, 2 * dims + 2), dims + 1)
 
 
-def taps_last_weight(weight: torch.Tensor, dims: int) -> torch.Tensor:
+def taps_last_weight(weight: torch.Tensor, dims: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """A copy of ``weight`` (same shape and values) whose memory is in ``[*out, O, *kernel, C/g]`` order,
     the order of the GEMMs' K: with it, forward and backward skip the weight's per-call transposes
     (``[P*O, C/g, taps] <-> [P*O, taps, C/g]``), and the fused backward returns the weight gradient in
-    the same memory order (what autograd keeps for such a parameter)."""
+    the same memory order, unless told otherwise. ``out``: a flat buffer of ``weight.numel()`` values to
+    copy into (returned as a view of it); without it a weight already in that order is returned as is."""
     order = taps_last_order(dims)
     inverse = tuple(order.index(i) for i in range(len(order)))
-    return weight.permute(order).contiguous().permute(inverse)
+    source = weight.permute(order)
+    if out is None:
+        return source.contiguous().permute(inverse)
+    return out.view(source.shape).copy_(source).permute(inverse)
 
 
 def taps_last_empty(shape: Sequence[int], dims: int, device: torch.device | str | None = None,
@@ -225,8 +263,12 @@ def taps_last_empty(shape: Sequence[int], dims: int, device: torch.device | str 
     return torch.empty([shape[i] for i in order], device=device, dtype=dtype).permute(inverse)
 
 
-def _is_taps_last(weight: torch.Tensor, dims: int) -> bool:
+def is_taps_last(weight: torch.Tensor, dims: int) -> bool:
+    """Whether ``weight``'s memory is in taps-last order (see :func:`taps_last_weight`)."""
     return weight.permute(taps_last_order(dims)).is_contiguous()
+
+
+_is_taps_last = is_taps_last
 
 
 def _chunk_positions(geo: Geometry, chunk_bytes: int | None, device: torch.device, itemsize: int
@@ -311,6 +353,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
     :func:`padded_shape`): where to build the padded channels-last input, for a caller that keeps it for the
     backward (``backward(..., padded=)``); by default a work buffer."""
     n, o, g = geo.input_shape[0], geo.out_channels, geo.groups
+    if n == 0:  # an empty batch: an empty output, as F.convNd gives
+        return empty_output(x, geo, memory_format)
     out0, others = geo.out_size[0], math.prod(geo.out_size[1:])
     padded = padded_shape(geo) if padded_out is None else (0,)  # a work buffer unless the caller keeps it
     shapes: list[Sequence[int]] = [(geo.positions * g, n, o // g), padded]
@@ -340,6 +384,27 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ge
         bias_view = bias.reshape(g, o // g, out0, others) if bias.dim() > 1 else bias.view(g, o // g, 1, 1)
         torch.add(y_view, bias_view, out=out_view)
     return out
+
+
+def empty_output(x: torch.Tensor, geo: Geometry, memory_format: torch.memory_format) -> torch.Tensor:
+    """The output ``[0, O, *out]`` of an empty batch (any backend)."""
+    return torch.empty((0, geo.out_channels, *geo.out_size), dtype=x.dtype, device=x.device,
+                       memory_format=memory_format)
+
+
+def empty_batch_grads(grad_out: torch.Tensor, geo: Geometry, need_input: bool, need_weight: bool,
+                      memory_format: torch.memory_format, taps_last: bool = False
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_weight) of an empty batch (any backend): ``[0, C, *S]`` and zeros."""
+    grad_x = grad_w = None
+    if need_input:
+        grad_x = torch.empty(geo.input_shape, dtype=grad_out.dtype, device=grad_out.device,
+                             memory_format=memory_format)
+    if need_weight:
+        shape = (*geo.out_size, geo.out_channels, geo.input_shape[1] // geo.groups, *geo.kernel)
+        grad_w = (taps_last_empty(shape, geo.dims, grad_out.device, grad_out.dtype).zero_() if taps_last
+                  else grad_out.new_zeros(shape))
+    return grad_x, grad_w
 
 
 def _grad_rows(grad_out: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
@@ -541,10 +606,12 @@ def _row_input_grad(geo: Geometry, rows: torch.Tensor, weight: torch.Tensor, gri
 
 def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor | None, geo: Geometry,
              need_input: bool, need_weight: bool, memory_format: torch.memory_format,
-             chunk_bytes: int | None = None, padded: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+             chunk_bytes: int | None = None, padded: torch.Tensor | None = None,
+             grad_weight_taps_last: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(grad_input, grad_weight) from the input ``x`` and the weight. ``padded``: ``x`` as the forward padded
     it (``forward(..., padded_out=)``), which the weight gradient then reads instead of building it again.
+    ``grad_weight_taps_last``: the memory order of the weight gradient (default: the weight's; False:
+    contiguous, e.g. for a contiguous parameter whose taps-last copy is passed as ``weight``).
 
     Per position p, tap t and group, with ``x_t[p] [N, C/g]`` the input under tap t of p's window:
     ``grad_w[p, :, t] = grad_rows[p] @ x_t[p]`` and ``grad_x[window_t(p)] += grad_rows[p]^T @ w[p, :, t]``.
@@ -561,6 +628,10 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     n, c = geo.input_shape[:2]
     spatial, d, g, o = geo.input_shape[2:], geo.dims, geo.groups, geo.out_channels
     og, cg, taps, positions, m = o // g, c // g, geo.taps, geo.positions, geo.out_size[-1]
+    taps_last = weight is not None and _is_taps_last(weight, d)
+    grad_taps_last = taps_last if grad_weight_taps_last is None else grad_weight_taps_last
+    if n == 0:  # an empty batch: an empty input gradient and a zero weight gradient, as F.convNd gives
+        return empty_batch_grads(grad_out, geo, need_input, need_weight, memory_format, grad_taps_last)
     padded_dims = padded_shape(geo)  # [N, *padded, C]
     per_tap = _tap_gemms(geo)
     by_rows = per_tap and _row_gemms(geo)  # the input gradient per target row (K = kernel[-1] * O)
@@ -568,8 +639,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     run = geo.kernel[-1] if g == 1 and geo.dilation[-1] == 1 else 1
     # A taps-last weight is read in place and gets a taps-last gradient (autograd keeps that layout);
     # another is copied in taps-last order a line (chunk) at a time, its gradient copied back likewise.
-    taps_last = weight is not None and _is_taps_last(weight, d)
-    w_copy, gw_copy = need_input and not taps_last and not by_rows, need_weight and not taps_last
+    w_copy, gw_copy = need_input and not taps_last and not by_rows, need_weight and not grad_taps_last
     if per_tap:
         blocks = m * g  # GEMMs per line
     else:
@@ -582,8 +652,9 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     else:
         shapes += [(*padded_dims[1:-1], n, c)] * need_input  # the input-gradient grid
     shapes += [(blocks, og, geo.group_k)] * w_copy  # the weight of a line (chunk), taps-last
-    if per_tap:  # one line's weight gradient, tap-major
+    if per_tap:  # one line's weight gradient, tap-major (and taps-last, for a contiguous gradient)
         shapes.append((taps // run, g, m, og, run * cg))
+        shapes += [(m * o * taps * cg,)] * (need_weight and not grad_taps_last)
     else:  # chunks of columns (then their gradients); their weight gradient; the rows by group
         shapes += [(blocks, n, geo.group_k)] + [(blocks, og, geo.group_k)] * gw_copy + [(positions, g, og, n)] * (g > 1)
     grad_rows, *rest = _scratch(grad_out, *shapes)
@@ -604,10 +675,11 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
     grad_w = None
     if need_weight:
         weight_shape = (*geo.out_size, o, cg, *geo.kernel)
-        grad_w = (taps_last_empty(weight_shape, d, grad_out.device, grad_out.dtype) if taps_last
+        grad_w = (taps_last_empty(weight_shape, d, grad_out.device, grad_out.dtype) if grad_taps_last
                   else grad_out.new_empty(weight_shape))
     if per_tap:
-        _tap_backward(geo, line_rows, xp, grad_w, None if by_rows else grid, weight, w_block, rest[0], run)
+        _tap_backward(geo, line_rows, xp, grad_w, None if by_rows else grid, weight, w_block, rest[0], run,
+                      rest[1] if need_weight and not grad_taps_last else None)
     else:
         buffer = rest.pop(0)
         gw_block = rest.pop(0) if gw_copy else None
@@ -624,7 +696,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tenso
 
 def _tap_backward(geo: Geometry, line_rows: torch.Tensor, xp: torch.Tensor | None, grad_w: torch.Tensor | None,
                   grid: torch.Tensor | None, weight: torch.Tensor | None, w_block: torch.Tensor | None,
-                  gw_line: torch.Tensor, run: int) -> None:
+                  gw_line: torch.Tensor, run: int, gw_taps_last: torch.Tensor | None = None) -> None:
     """The per (line, tap, group) GEMMs of :func:`backward`: weight gradient into ``grad_w`` (through
     ``gw_line``, a line at a time), input gradient added into ``grid`` (unless None); the weight read in
     place if taps-last, else a line at a time through ``w_block``. ``line_rows``: the output gradient as
@@ -637,6 +709,7 @@ def _tap_backward(geo: Geometry, line_rows: torch.Tensor, xp: torch.Tensor | Non
         x_strides = (geo.stride[-1] * c, xp.stride(0), 1)
         # [L, g, O/g, taps/run, run, C/g], a view in taps-last order of either layout
         gw_rows = grad_w.permute(taps_last_order(d)).view(-1, m, g, og, taps // run, run, cg).unbind(0)
+        gw_contiguous = grad_w.view(-1, m * o, cg, taps).unbind(0) if gw_taps_last is not None else None
         gw_source = gw_line.view(taps // run, g, m, og, run, cg).permute(2, 1, 3, 0, 4, 5)
         outputs = gw_line.view(-1, m, og, run * cg).unbind(0)  # per (tap // run, group)
         rows_by_group = [group.unbind(0) for group in group_rows]  # per group, per line: [m, O/g, N]
@@ -648,7 +721,12 @@ def _tap_backward(geo: Geometry, line_rows: torch.Tensor, xp: torch.Tensor | Non
                     torch.bmm(rows_by_group[j][line], x_taps, out=outputs[t // run * g + j])
             # a batched GEMM writes a strided output one matrix at a time: the line goes through a
             # contiguous (cache-resident) block instead
-            gw_rows[line].copy_(gw_source)
+            if gw_taps_last is None:
+                gw_rows[line].copy_(gw_source)
+            else:  # a contiguous gradient: the line taps-last first (long runs), then one batched transpose
+                # [m*O, taps, C/g] -> [m*O, C/g, taps] (a direct copy would run inner loops of kernel[-1])
+                block = gw_taps_last.view(m, g, og, taps // run, run, cg).copy_(gw_source)
+                gw_contiguous[line].copy_(block.view(m * o, taps, cg).transpose(1, 2))
     if grid is not None:
         grid_strides, w_strides = (geo.stride[-1] * n * c, c, 1), (o * taps * cg, taps * cg, 1)
         group_rows_t = [rows.transpose(2, 3) for rows in group_rows]  # [lines, m, N, O/g]

@@ -33,7 +33,12 @@ def _check(size: int, scale: float, power: float) -> None:
 def _spatial_window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     """Sum over the clipped ``size x size`` window starting ``size//2`` before each position."""
     before, after = size // 2, size - 1 - size // 2
-    return F.avg_pool2d(F.pad(x, (before, after, before, after)), size, stride=1, divisor_override=1)
+    x = F.pad(x, (before, after, before, after))
+    if torch.onnx.is_in_onnx_export():
+        # torch's ONNX exporter drops divisor_override (AveragePool has none): the plain mean of the padded
+        # windows times size**2 there; eager and torch.export keep the exact sum below
+        return F.avg_pool2d(x, size, stride=1) * float(size * size)
+    return F.avg_pool2d(x, size, stride=1, divisor_override=1)
 
 
 def _window_counts(length: int, size: int, device: torch.device) -> torch.Tensor:

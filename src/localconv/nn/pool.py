@@ -73,7 +73,13 @@ class ConvNetPool(nn.Module):
         else:
             if before or after:
                 x = F.pad(x, (before, after, before, after))
-            y = F.avg_pool2d(x, self.size, self.stride, divisor_override=1) / self.count.to(x.dtype)
+            if torch.onnx.is_in_onnx_export():
+                # torch's ONNX exporter drops divisor_override (AveragePool has none): the window sum is the
+                # plain mean times size**2 there; eager and torch.export keep the exact sum below
+                total = F.avg_pool2d(x, self.size, self.stride) * float(self.size * self.size)
+            else:
+                total = F.avg_pool2d(x, self.size, self.stride, divisor_override=1)
+            y = total / self.count.to(x.dtype)
         return self.neuron(y)
 
     def extra_repr(self) -> str:

@@ -68,7 +68,7 @@ def centre_view_logits(model: torch.nn.Module, images: torch.Tensor, batch_size:
     model.eval()
     spec = model.input_spec
     mean = getattr(model, "pixel_mean", None) if model.needs_pixel_mean() else None
-    out = [model(eval_batch(images[i:i + batch_size], spec, mean)).float().cpu()
+    out = [model.output_logits(model(eval_batch(images[i:i + batch_size], spec, mean))).cpu()
            for i in range(0, images.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.num_classes)

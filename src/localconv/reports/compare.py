@@ -1,12 +1,18 @@
 """``localconv compare``: several runs side by side, as one table, PNG plots and a Markdown/HTML report.
 
-Per run: what was trained (model, parameters, size of fp32 weights with their moving-average copy,
-multiply-adds per image -- both from :mod:`localconv.reports.summary` --, training images, recipe, batch
-size, peak learning rate, epochs) and what came out (training time, images/s, final ``loss/cross_entropy``,
-the evaluation split with its size, best and final accuracy). Plots: the two losses (step-level points
-where metrics.jsonl has them) and accuracy against epoch and against wall time, best accuracy against
-parameters; every accuracy is labelled with its split. The HTML report embeds its plots (one
-self-contained file); the Markdown report links the PNG files next to it.
+Per run: what was trained (model with the options that change it, the data with its class count, the
+seed, parameters, size of fp32 weights with their moving-average copy, multiply-adds per image -- both from
+:mod:`localconv.reports.summary` --, training images, recipe, batch size, peak learning rate, epochs) and what
+came out (training time, images/s, final ``loss/cross_entropy``, the evaluation split with its size, best and
+final accuracy, the final one with a rough uncertainty from the evaluation set's size).
+
+Comparisons that cannot mislead: notes above the table say when runs differ in data or evaluation split (their
+accuracies do not compare), notes below it when two comparable runs differ by less than the uncertainty of
+the difference, and give the mean and spread of runs that differ only in their seed.
+
+Plots: the two losses (step-level points where metrics.jsonl has them) and accuracy against epoch and
+against wall time, best accuracy against parameters; every accuracy is labelled with its split. The HTML
+report embeds its plots (one self-contained file); the Markdown report links the PNG files next to it.
 
 Reads metrics.jsonl files of any localconv version: before ``loss/total`` and ``loss/cross_entropy``
 existed, ``loss`` held the total (see :mod:`localconv.metrics`).
@@ -16,6 +22,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,12 +67,16 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     file = path / "metrics.jsonl"
     if not file.is_file():
         return epochs, steps
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
+    text = file.read_text()
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # a record still being appended by a run in training (or cut by a crash): not yet a record
             raise CheckpointError(f"{file}:{number}: not a JSON line") from None
         _check_record(record, f"{file}:{number}")  # every input is validated before any file is written
         if record.get("kind") == "epoch":
@@ -146,7 +159,8 @@ def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
         m = run.meta
         rates = [float(r["images_per_s"]) for r in run.epochs if r.get("images_per_s")]
         last = run.epochs[-1] if run.epochs else {}
-        row = {"run": run.name, "model": run.model_name, **_model_totals(run), **_training_facts(run),
+        row = {"run": run.name, "model": run.model_name, "model_options": _model_options(m), **_data_facts(m),
+               "seed": (m.get("options") or {}).get("seed"), **_model_totals(run), **_training_facts(run),
                "epochs": m.get("epoch"), "train_time_s": m.get("train_time_s"),
                "images_per_s": float(np.median(rates)) if rates else None,
                "final_cross_entropy": read_loss(last, LOSS_CROSS_ENTROPY),
@@ -154,20 +168,143 @@ def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
                "eval_split": m.get("eval_split"), "eval_images": _eval_images(m),
                "best_accuracy": m.get("best_accuracy"), "final_accuracy": m.get("last_accuracy"),
                "device": m.get("device"), "path": str(run.path)}
+        row["final_accuracy_uncertainty"] = accuracy_uncertainty(row["final_accuracy"], row["eval_images"])
+        row.update(_progress_facts(run))
+        row["configuration"] = _configuration(m)
         rows.append(row)
+    _add_seed_groups(rows)
     return rows
 
 
-COLUMNS = [("run", "run"), ("model", "model"), ("params", "params"), ("size", "size fp32+EMA"),
-           ("macs", "mult-adds"), ("train", "train images"), ("recipe", "recipe"), ("batch", "batch"),
-           ("lr", "peak lr"), ("epochs", "epochs"), ("time", "train time"), ("rate", "images/s"),
-           ("ce", "final cross-entropy"), ("split", "eval split"), ("best", "best acc"), ("final", "final acc")]
-LEFT = {"run", "model", "recipe", "split"}
+def _progress_facts(run: RunRecord) -> dict[str, Any]:
+    """``complete``: whether the run reached its end (None: a run.json that does not say); ``training``: whether
+    a ``localconv train`` holds the folder now (its numbers are those of its last checkpoint)."""
+    from ..training.run_lock import RunFolderBusy, RunLock
+
+    try:
+        RunLock(run.path).probe()
+        training = False
+    except RunFolderBusy:
+        training = True
+    complete = run.meta.get("complete")
+    return {"complete": complete if isinstance(complete, bool) else None, "training": training,
+            "planned_epochs": run.meta.get("epochs"), "stop_reason": run.meta.get("stop_reason") or None}
+
+
+def _progress_note(rows: list[dict[str, Any]]) -> str | None:
+    """A note naming the runs that have not reached their end: their last checkpoint is not a final result."""
+    parts = []
+    for r in rows:
+        if not r.get("training") and r.get("complete") is not False:
+            continue
+        at = f"epoch {r['epochs']:g}" if isinstance(r.get("epochs"), (int, float)) else "an early epoch"
+        if isinstance(r.get("planned_epochs"), (int, float)):
+            at += f" of {r['planned_epochs']:g}"
+        state = "still training" if r.get("training") else f"stopped ({r.get('stop_reason') or 'not complete'})"
+        parts.append(f"{r['run']}: {state} at {at}")
+    if not parts:
+        return None
+    return (f"note: not finished runs ({'; '.join(parts)}): their accuracies are those of their last checkpoint, "
+            "not final results")
+
+
+def accuracy_uncertainty(accuracy: float | None, n: int | None) -> float | None:
+    """Rough standard error of an accuracy measured on ``n`` images, ``sqrt(p (1 - p) / n)`` (a binomial
+    proportion): 1,000 images at 50% give about 0.016. It covers the luck of the evaluation images only, not
+    that of the training run (see the seeds' spread for that)."""
+    if accuracy is None or not n or not math.isfinite(accuracy):
+        return None
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n)
+
+
+def _model_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The model's keyword options that change it (``conv2_std``, ...); the class count is shown as data."""
+    kwargs = (meta.get("model") or {}).get("kwargs") or {}
+    return {k: v for k, v in sorted(kwargs.items()) if k != "num_classes"} if isinstance(kwargs, dict) else {}
+
+
+def _data_facts(meta: dict[str, Any]) -> dict[str, Any]:
+    """``data``: the folder or file the run read (its name; the official release downloaded when none), with
+    the options that change what is read; ``classes``: its class count."""
+    args = (meta.get("data") or {}).get("args") or {}
+    path = args.get("data")
+    label = Path(str(path)).name if path else f"{args.get('dataset') or 'cifar10'} (download)"
+    # test_split: another fraction of the same class folders holds out other test images
+    label += "".join(f" {key}={args[key]}" for key in ("dataset", "labels", "resize", "test_split")
+                     if path and args.get(key))
+    if not path and args.get("labels"):
+        label += f" labels={args['labels']}"
+    return {"data": label, "data_path": str(path) if path else None, "classes": len(meta.get("classes") or [])}
+
+
+def _data_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("data_path") or row.get("data"), row.get("data"), row.get("classes")
+
+
+def _eval_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return _data_key(row) + (row.get("eval_split"), row.get("eval_images"))
+
+
+# run.json options that do not change what a run computes (how fast, where, what is logged) or that compare
+# groups by (the seed)
+_NOT_CONFIGURATION = ("seed", "device", "compile", "step", "progress", "eval_every", "checkpoint_every",
+                      "log_every")
+
+
+def _configuration(meta: dict[str, Any]) -> str:
+    """Everything that defines a run but its seed (model spec, data arguments, options, recipe), as one JSON
+    string: runs with the same configuration differ only in their seed."""
+    options = {k: v for k, v in (meta.get("options") or {}).items() if k not in _NOT_CONFIGURATION}
+    data_args = {k: v for k, v in ((meta.get("data") or {}).get("args") or {}).items() if k != "cache_dir"}
+    return json.dumps({"model": meta.get("model"), "data": data_args, "options": options,
+                       "recipe": meta.get("recipe"), "classes": meta.get("classes"), "epochs": meta.get("epoch"),
+                       "eval_split": meta.get("eval_split")}, sort_keys=True, default=str)
+
+
+def _add_seed_groups(rows: list[dict[str, Any]]) -> None:
+    """Runs of one configuration with different seeds: each such row gets ``seed_group`` (the group's runs,
+    seeds, and the mean and sample standard deviation of their final accuracies)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["configuration"], []).append(row)
+    for members in groups.values():
+        seeds = {r.get("seed") for r in members}
+        accs = [r["final_accuracy"] for r in members if r.get("final_accuracy") is not None]
+        if len(members) < 2 or len(seeds) < 2 or len(accs) < 2:
+            continue
+        group = {"runs": [r["run"] for r in members], "seeds": sorted(seeds, key=str),
+                 "mean_accuracy": float(np.mean(accs)), "sd_accuracy": float(np.std(accs, ddof=1)),
+                 "min_accuracy": min(accs), "max_accuracy": max(accs), "n": len(accs)}
+        for r in members:
+            r["seed_group"] = group
+
+
+COLUMNS = [("run", "run"), ("model", "model"), ("data", "data"), ("classes", "classes"), ("seed", "seed"),
+           ("split", "eval split"), ("final", "final acc"), ("best", "best acc"), ("train", "train images"),
+           ("recipe", "recipe"), ("batch", "batch"), ("lr", "peak lr"), ("epochs", "epochs"), ("time", "train time"),
+           ("rate", "images/s"), ("ce", "final cross-entropy"), ("params", "params"), ("size", "size fp32+EMA"),
+           ("macs", "mult-adds")]
+LEFT = {"run", "model", "data", "recipe", "split"}
+TABLE_WIDTH = 100  # the terminal table: columns are split into blocks, each repeating the run, to fit it
+# the longest cells shown in the terminal table (reports show them whole)
+CELL_LIMITS = {"run": 24, "model": 40, "data": 24}
 
 NOTES = ("accuracy: precision@1 on each run's eval split (val: images held out of the training set, "
-         "test: the test set), with its number of images; final cross-entropy: training loss/cross_entropy "
+         "test: the test set), with its number of images; final acc +-: a rough standard error from that "
+         "number alone, sqrt(p(1-p)/n) in points (1,000 images: about +-1.5), which leaves out the luck of "
+         "training (see the seeds' spread); final cross-entropy: training loss/cross_entropy "
          "of the last epoch (the curves also show loss/total, which adds the weight-decay terms); peak lr: "
          "of the first parameter group; mult-adds per image, forward")
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _model_cell(row: dict[str, Any]) -> str:
+    options = row.get("model_options") or {}
+    shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
+    return f"{row['model']} ({shown})" if shown else row["model"]
 
 
 def _cells(row: dict[str, Any]) -> dict[str, str]:
@@ -178,30 +315,113 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
     split = row.get("eval_split") or "-"
     if row.get("eval_images") is not None and split != "-":
         split = f"{split} ({row['eval_images']:,})"
+    final = format_accuracy(row["final_accuracy"])
+    if row.get("final_accuracy_uncertainty") is not None and row["final_accuracy"] is not None:
+        final += f" +-{_points(row['final_accuracy_uncertainty'])}"
     return {
-        "run": row["run"], "model": row["model"], "params": f"{row['params']:,}",
+        "run": row["run"], "model": _model_cell(row), "data": row.get("data") or "-",
+        "classes": number(row.get("classes"), "d"), "seed": number(row.get("seed"), ""),
+        "params": f"{row['params']:,}",
         "size": f"{row['bytes_fp32_with_ema'] / 1e6:.1f} MB", "macs": f"{row['multiply_adds'] / 1e6:.1f}M",
         "train": number(row.get("train_images"), ","), "recipe": row.get("recipe") or "-",
         "batch": number(row.get("batch_size"), "d"), "lr": number(row.get("lr"), ".3g"),
         "epochs": number(row["epochs"], "g"),
         "time": "-" if t is None else (f"{t:.0f} s" if t < 600 else f"{t / 60:.1f} min"),
         "rate": number(row["images_per_s"], ",.0f"), "ce": number(row.get("final_cross_entropy"), ".4f"),
-        "split": split, "best": format_accuracy(row["best_accuracy"]), "final": format_accuracy(row["final_accuracy"]),
+        "split": split, "best": format_accuracy(row["best_accuracy"]), "final": final,
     }
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Aligned text table (numbers right-aligned)."""
-    cells = [_cells(r) for r in rows]
+def _shorten(text: str, limit: int, keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    return "..." + text[-(limit - 3):] if keep_end else text[:limit - 3] + "..."
+
+
+def _column_blocks(widths: dict[str, int], width: int) -> list[list[str]]:
+    """The columns in order, in blocks that each start with the run and fit ``width`` characters."""
+    blocks: list[list[str]] = [["run"]]
+    for key, _ in COLUMNS[1:]:
+        block = blocks[-1]
+        if len(block) > 1 and sum(widths[k] + 2 for k in block) + widths[key] > width:
+            blocks.append(["run"])
+        blocks[-1].append(key)
+    return blocks
+
+
+def notes_above(rows: list[dict[str, Any]]) -> list[str]:
+    """Warnings that must be read before the table: runs trained on other data, or evaluated on other images."""
+    notes = []
+    if len({_data_key(r) for r in rows}) > 1:
+        listed = "; ".join(f"{r['run']}: {r.get('data')} ({r.get('classes')} classes)" for r in rows)
+        notes.append(f"note: these runs differ in their data ({listed}): their accuracies do not compare")
+    elif len({_eval_key(r) for r in rows}) > 1:
+        listed = "; ".join(f"{r['run']}: {_cells(r)['split']}" for r in rows)
+        notes.append(f"note: these runs were evaluated on different images ({listed}): their accuracies do not "
+                     "compare directly")
+    progress = _progress_note(rows)
+    if progress:
+        notes.append(progress)
+    return notes
+
+
+def notes_below(rows: list[dict[str, Any]], max_pairs: int = 6) -> list[str]:
+    """Seed groups (mean and spread) and pairs of comparable runs whose final accuracies differ by less than the
+    rough uncertainty of the difference, ``sqrt(se_a^2 + se_b^2)``."""
+    notes, seen = [], set()
+    for r in rows:
+        group = r.get("seed_group")
+        if group and id(group) not in seen:
+            seen.add(id(group))
+            seeds = ", ".join(map(str, group["seeds"]))
+            notes.append(f"{_model_cell(r)}, {r.get('data')}: {group['n']} seeds ({seeds}"
+                         f"), final acc mean {format_accuracy(group['mean_accuracy'])}, sd "
+                         f"{_points(group['sd_accuracy'])} points (range {format_accuracy(group['min_accuracy'])}"
+                         f" - {format_accuracy(group['max_accuracy'])}; runs {', '.join(group['runs'])})")
+    close = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if _eval_key(a) != _eval_key(b) or a.get("final_accuracy_uncertainty") is None \
+                    or b.get("final_accuracy_uncertainty") is None:
+                continue
+            diff = abs(a["final_accuracy"] - b["final_accuracy"])
+            bound = math.hypot(a["final_accuracy_uncertainty"], b["final_accuracy_uncertainty"])
+            if diff < bound:
+                close.append(f"{a['run']} and {b['run']}: final accuracies differ by {_points(diff)} points, less "
+                             f"than the uncertainty of the difference (+-{_points(bound)}): not a clear difference")
+    notes += close[:max_pairs]
+    if len(close) > max_pairs:
+        notes.append(f"... and {len(close) - max_pairs} more pairs within their uncertainty")
+    return notes
+
+
+def format_table(rows: list[dict[str, Any]], width: int = TABLE_WIDTH) -> str:
+    """Aligned text table (numbers right-aligned) for a terminal of ``width`` columns: notes on the data and
+    evaluation splits above it, the columns in blocks that fit, then notes on seeds and close results."""
+    cells = []
+    for r in rows:
+        c = _cells(r)
+        for key, limit in CELL_LIMITS.items():
+            c[key] = _shorten(c[key], limit, keep_end=key == "run")
+        cells.append(c)
     widths = {k: max(len(title), *(len(c[k]) for c in cells)) for k, title in COLUMNS}
 
-    def line(values: dict[str, str]) -> str:
+    def line(values: dict[str, str], keys: list[str]) -> str:
         return "  ".join(values[k].ljust(widths[k]) if k in LEFT else values[k].rjust(widths[k])
-                         for k, _ in COLUMNS).rstrip()
+                         for k in keys).rstrip()
 
-    lines = [line({k: t for k, t in COLUMNS}), "  ".join("-" * widths[k] for k, _ in COLUMNS)]
-    lines += [line(c) for c in cells]
-    lines.append(f"({NOTES})")
+    wrap = (lambda text: textwrap.wrap(text, width, subsequent_indent="  "))  # noqa: E731
+    lines = [part for note in notes_above(rows) for part in wrap(note)]
+    for n, keys in enumerate(_column_blocks(widths, width)):
+        if n or lines:
+            lines.append("")
+        lines += [line(dict(COLUMNS), keys), "  ".join("-" * widths[k] for k in keys)]
+        lines += [line(c, keys) for c in cells]
+    below = notes_below(rows)
+    if below:
+        lines.append("")
+        lines += [part for note in below for part in wrap(note)]
+    lines += wrap(f"({NOTES})")
     return "\n".join(lines)
 
 
@@ -260,8 +480,10 @@ def markdown_report(rows: list[dict[str, Any]], plots: dict[str, Path], title: s
     rule = "|" + "|".join("---" if k in LEFT else "---:" for k, _ in COLUMNS) + "|"
     body = ["| " + " | ".join(c[k] for k, _ in COLUMNS) + " |" for c in cells]
     figures = [f"![{name}]({path.name})" for name, path in plots.items()]
-    return "\n".join([f"# {title}", "", head, rule, *body, "", f"*{NOTES[0].upper()}{NOTES[1:]}.*", "",
-                      *figures, ""])
+    above = [f"**{note}**" for note in notes_above(rows)]
+    below = [f"- {note}" for note in notes_below(rows)]
+    return "\n".join([f"# {title}", "", *(above + [""] if above else []), head, rule, *body, "",
+                      *(below + [""] if below else []), f"*{NOTES[0].upper()}{NOTES[1:]}.*", "", *figures, ""])
 
 
 def _data_uri(path: Path) -> str:
@@ -280,8 +502,27 @@ def html_report(rows: list[dict[str, Any]], plots: dict[str, Path], title: str) 
              "p.notes{color:#555;font-size:90%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<table><tr>{head}</tr>{body}</table><p class='notes'>{html.escape(NOTES)}.</p>"
+            + "".join(f"<p><strong>{html.escape(note)}</strong></p>" for note in notes_above(rows))
+            + f"<table><tr>{head}</tr>{body}</table>"
+            + "".join(f"<p>{html.escape(note)}</p>" for note in notes_below(rows))
+            + f"<p class='notes'>{html.escape(NOTES)}.</p>"
             f"{figures}</body></html>\n")
+
+
+def _check_report_folder(out_dir: Path, names: list[str]) -> None:
+    """Refuse an ``out_dir`` where writing ``names`` would replace files that an earlier ``compare`` did not
+    write (a user's own ``report.md``); a folder holding an earlier report (its compare.json) is rewritten."""
+    taken = [name for name in names if os.path.lexists(out_dir / name)]
+    if not taken:
+        return
+    try:
+        earlier = json.loads((out_dir / "compare.json").read_text())
+        ours = isinstance(earlier, list) and all(isinstance(row, dict) and "run" in row for row in earlier)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise LocalconvError(f"--out {out_dir}: {out_dir / taken[0]} exists and {out_dir} holds no earlier "
+                             "compare report (compare.json); choose another --out, nothing was replaced")
 
 
 def write_report(runs: list[RunRecord], rows: list[dict[str, Any]], out_dir: Path, fmt: str = "md",
@@ -291,6 +532,7 @@ def write_report(runs: list[RunRecord], rows: list[dict[str, Any]], out_dir: Pat
     if fmt not in ("md", "html"):
         raise LocalconvError(f"--format must be md or html, got {fmt!r}")
     out_dir = Path(out_dir)
+    _check_report_folder(out_dir, [f"report.{fmt}", "compare.json", *PLOTS.values()])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -88,7 +88,8 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 def summarize(model: Classifier, name: str | None = None) -> ModelSummary:
     """Run one dummy image (``input_spec.crop`` square) through ``model`` and tabulate its layers."""
     crop = model.input_spec.crop
-    summary = ModelSummary(name or getattr(model, "model_name", None) or type(model).__name__, [3, crop, crop])
+    chans = getattr(model, "in_chans", 3)  # a --in-chans 1 model takes one channel
+    summary = ModelSummary(name or getattr(model, "model_name", None) or type(model).__name__, [chans, crop, crop])
     layer_types: dict[str, str] = getattr(model, "layer_types", {})
     counted = [0]  # multiply-adds so far, shared by all hooks
     seen: set[int] = set()
@@ -128,7 +129,7 @@ def summarize(model: Classifier, name: str | None = None) -> ModelSummary:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            model(torch.zeros(1, 3, crop, crop, device=device))
+            model(torch.zeros(1, chans, crop, crop, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -25,6 +25,7 @@ without the ``tensorboard`` package.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,13 +43,30 @@ if TYPE_CHECKING:
     from ..training.engine import Trainer
 
 
+def check_log_dir(log_dir: str | Path) -> None:
+    """Refuse, in one line and before any work, a ``--tensorboard`` folder that cannot be made or written: a
+    regular file, a path through a file, a folder without write permission or on a read-only file system."""
+    path = Path(log_dir)
+    if path.exists() and not path.is_dir():
+        raise LocalconvError(f"--tensorboard {path} is a file, not a folder")
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise LocalconvError(f"--tensorboard {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # access() also reports a read-only file system to root
+        raise LocalconvError(f"--tensorboard {path}: cannot write in {existing}")
+
+
 def open_writer(log_dir: str | Path) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir`` (one-line error without tensorboard)."""
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir`` (one-line error without tensorboard, or when
+    the folder cannot be made)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise LocalconvError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(log_dir))
+    try:
+        return SummaryWriter(log_dir=str(log_dir))
+    except OSError as exc:  # the folder changed since check_log_dir, or another writer failed
+        raise LocalconvError(f"--tensorboard {log_dir}: cannot write ({exc.strerror or exc})") from None
 
 
 DEFAULT_EVERY = 100  # steps between writes in a long run

@@ -2,8 +2,9 @@
 
 The engine calls them; diagnostics (the layer monitor, ``--watch``) and reports (TensorBoard) implement
 them. Keeping the base class here, apart from the engine, gives the imports one direction:
-``diagnostics`` and ``reports`` import ``training``, and ``training`` never imports them (the CLI wires
-monitors into a run as callbacks). ``trainer`` is the :class:`~localconv.training.engine.Trainer`
+``reports`` imports ``training``, and ``training`` never imports ``reports`` or ``diagnostics`` (the CLI wires
+monitors into a run as callbacks). ``diagnostics`` stands on torch alone (the doctor works on any model): its
+monitor and ``--watch`` callback have these methods without subclassing :class:`Callback`. ``trainer`` is the :class:`~localconv.training.engine.Trainer`
 running the loop; it is typed ``Any`` here because importing the engine would close the circle.
 """
 from __future__ import annotations

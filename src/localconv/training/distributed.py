@@ -7,17 +7,45 @@ training images (every G-th image) on its device and draws its own epoch plan fr
 the ranks, and the learning rates are those of that global batch (DDP averages the
 gradients, so one step sees the same number of images as a single-process step).
 Rank 0 alone writes checkpoints, logs and the progress bar; evaluation is split over
-the ranks and the correct counts are summed.
+the ranks and the correct counts are summed. ``localconv train --nproc-per-node G`` starts the same G
+processes itself (cli/launch.py) and ends with localconv's exit codes instead of torchrun's.
 """
 from __future__ import annotations
 
+import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..errors import LocalconvError
+
+
+TIMEOUT_ENV = "LOCALCONV_DDP_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0  # a collective waits this long for a stopped or hung process (PyTorch's own: 30 min)
+
+
+class CollectiveFailure(LocalconvError):
+    """Another process of the torchrun job died, or did not answer within the collective timeout."""
+
+    every_rank = True  # printed by each process that saw it (the failed one may be rank 0)
+    exit_code = 1  # not an input error: exit 2 is kept for those (the launcher tells them apart by it)
+
+
+def collective_timeout() -> float:
+    """Seconds a collective waits for every process: ``$LOCALCONV_DDP_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < 1e7):
+        raise LocalconvError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -41,8 +69,29 @@ def from_environment(device: str) -> DistContext | None:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=collective_timeout()))
     return DistContext(rank, world, local_rank)
+
+
+def as_collective_failure(exc: BaseException, ctx: DistContext | None) -> CollectiveFailure | None:
+    """The one-line error for ``exc`` if it is a failed collective (a peer killed, stopped or hung), else None."""
+    if ctx is None or not isinstance(exc, RuntimeError) or isinstance(exc, LocalconvError):
+        return None
+    text = str(exc)
+    dist_error = isinstance(exc, getattr(dist, "DistError", ()))
+    timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+    closed = any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+    if not (dist_error or timed_out or closed or "gloo" in text.lower() or "nccl" in text.lower()):
+        return None
+    what = (f"did not answer within {collective_timeout():g} s (stopped or hung; set {TIMEOUT_ENV} to wait longer)"
+            if timed_out and not closed else "ended or lost its connection")
+    # gloo's first sentence, without its source location: "[.../pair.cc:537] Read error ...: Connection reset ..."
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    first = first.split(". ")[0][:160]
+    job = "job" if os.environ.get("LOCALCONV_LAUNCHER") else "torchrun job"  # train --nproc-per-node's, or torchrun's
+    return CollectiveFailure(f"rank {ctx.rank} of {ctx.world_size}: another process of the {job} {what}; "
+                             f"training stopped ({first})")
 
 
 def device_for(ctx: DistContext | None, device: torch.device) -> torch.device:
@@ -90,4 +139,7 @@ def barrier(ctx: DistContext | None) -> None:
 
 def shutdown(ctx: DistContext | None) -> None:
     if ctx is not None and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001  # after a failed peer: the error that ended training was reported
+            pass

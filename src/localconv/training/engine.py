@@ -32,14 +32,15 @@ from ..models.base import Classifier
 from ..models.registry import model_spec
 from . import distributed as ddp
 from .callbacks import Callback
-from .checkpoint import (load_optimizer_state, load_state, load_weights_into, read_meta, save_checkpoint,
-                         trim_log)
+from .checkpoint import (check_optimizer_state, load_optimizer_state, load_state, load_weights_into, log_size,
+                         read_meta, rewind_log, save_checkpoint, trim_log, update_meta)
 from .ema import WeightEMA
 from .evaluate import evaluate
 from .fused_step import STEP_MODES, FusedStep
 from .holdout import HOLDOUT_MODES, Holdout, choose_holdout
 from .layer_hooks import first_nonfinite_layer
 from .loss_meter import LossMeter
+from .plain_progress import PlainProgress, stderr_is_terminal
 from .precision import resolve_amp
 from .recipes import (RecipeSettings, build_optimizer, check_overrides, build_schedule, count_params, default_settings,
                       first_phase_epochs, model_family, recorded_settings, set_lr, with_overrides)
@@ -64,6 +65,7 @@ class TrainOptions:
     eval_every: int = 1                # epochs between evaluations (0: only at the end)
     checkpoint_every: int = 1          # epochs between checkpoints
     skip_nonfinite: bool = False       # skip batches with a non-finite loss instead of stopping
+    early_stop: int | None = None      # stop after this many evaluations without a better accuracy (None: never)
     holdout: str = "none"              # auto: cuda-convnet's methodology for cfg models under the original recipe
                                        # (phase 1 holds batch 5 out as its validation set; `localconv train`'s
                                        # default); none: every phase trains on every training image
@@ -84,6 +86,9 @@ class TrainOptions:
             raise LocalconvError(f"--lr-scale must be > 0, got {self.lr_scale}")
         if self.eval_every < 0 or self.checkpoint_every < 1:
             raise LocalconvError("--eval-every must be >= 0 and --checkpoint-every >= 1")
+        if self.early_stop is not None and (self.early_stop < 1 or not self.eval_every):
+            raise LocalconvError("--early-stop must be >= 1 and needs evaluations during training (--eval-every "
+                                 f">= 1), got --early-stop {self.early_stop} --eval-every {self.eval_every}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise LocalconvError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.step not in STEP_MODES:
@@ -132,6 +137,8 @@ class TrainState:
     best_accuracy: float | None = None
     last_accuracy: float | None = None
     skipped_steps: int = 0
+    best_step: int | None = None  # step of the best evaluation (its weights: best-<step>.safetensors)
+    evals_since_best: int = 0     # evaluations without a better accuracy since then (--early-stop)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -164,6 +171,10 @@ class Trainer:
                                                      options.recipe_overrides)
         recorded = read_meta(self.run_dir) if resume else None  # run.json, read once (also by _restore)
         if recorded is not None:  # exactly the run's own settings and arithmetic, also when the defaults differ
+            if not isinstance(recorded.get("recipe"), dict):  # its settings would fall to the defaults of today
+                raise CheckpointError(f"{self.run_dir / 'run.json'}: no 'recipe' record (the settings the run was "
+                                      "trained with: EMA, batch size, ...); it cannot be resumed exactly; was the "
+                                      "file edited?")
             self.recipe = with_overrides(self.recipe, recorded_settings(recorded.get("recipe") or {}))
             if options.amp is None and isinstance(recorded.get("amp"), bool):
                 self.amp = recorded["amp"]
@@ -204,8 +215,15 @@ class Trainer:
         self.state = TrainState()
         self.last_terms: torch.Tensor | None = None  # [loss/total, loss/cross_entropy] of the last step
         self.should_stop = False
+        self.init_from: dict[str, Any] | None = None  # the weights the run started from (train --init-from)
+        self.best_state: dict[str, torch.Tensor] | None = None  # best evaluated weights not yet in a checkpoint
+        self.train_hits: torch.Tensor | int = 0  # correct training predictions this epoch (eager steps), on device
+        self.train_seen = 0
         self.stop_reason = ""
         self._interrupted = False
+        self.partial_epoch: dict[str, Any] | None = None  # loss sums of an epoch cut by a stop (LossMeter.state)
+        self._log_at_checkpoint: int | None = None  # metrics.jsonl's size when the last checkpoint was committed
+        self._saved: tuple[int, str] | None = None  # step and stop reason of the last checkpoint written
         self.forward = self.model
         if dist_ctx is not None:
             from torch.nn.parallel import DistributedDataParallel
@@ -310,9 +328,11 @@ class Trainer:
             "ema_updates": self.ema.num_updates if self.ema else 0,
             "train_time_s": s.train_time_s, "images_seen": s.images_seen,
             "best_accuracy": s.best_accuracy, "last_accuracy": s.last_accuracy,
+            "best_step": s.best_step, "evals_since_best": s.evals_since_best,
             "eval_split": self.splits.eval_split, "skipped_steps": s.skipped_steps,
             "data": self.data_info, "complete": complete,
-            "stop_reason": self.stop_reason,
+            "stop_reason": self.stop_reason, "partial_epoch": self.partial_epoch,
+            **({"init_from": self.init_from} if self.init_from is not None else {}),
             "torch_version": torch.__version__, "device": str(self.device),
         }
 
@@ -320,8 +340,20 @@ class Trainer:
         if not self.is_main:
             return
         optim_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
-                        self.ema.state_dict() if self.ema else None, optim_state)
+        try:
+            save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
+                            self.ema.state_dict() if self.ema else None, optim_state,
+                            best=None if self.state.best_step is None else (self.state.best_step, self.best_state))
+            self.best_state = None  # written
+        except CheckpointError:
+            self._rewind_log()  # the records of the epochs this checkpoint would have kept are lost with them
+            raise
+        self._log_at_checkpoint = log_size(self.run_dir / "metrics.jsonl")
+        self._saved = (self.state.step, self.stop_reason)
+
+    def _rewind_log(self) -> None:
+        if self._log_at_checkpoint is not None:
+            rewind_log(self.run_dir / "metrics.jsonl", self._log_at_checkpoint)
 
     def _restore(self, meta: dict[str, Any]) -> None:
         if meta["model"] != model_spec(self.model):
@@ -331,17 +363,23 @@ class Trainer:
         if self.ema is not None:
             if "ema" not in meta["files"]:
                 raise CheckpointError(f"{self.run_dir}: checkpoint has no averaged weights")
-            self.ema.load_state_dict(load_state(self.run_dir, meta, "ema"), int(meta["ema_updates"]))
+            load_weights_into(self.ema.model, load_state(self.run_dir, meta, "ema"), str(self.run_dir))
+            self.ema.num_updates = int(meta["ema_updates"])
+        elif "ema" in meta["files"]:  # resuming without them would drop the averaged weights
+            raise CheckpointError(f"{self.run_dir / 'run.json'}: the checkpoint holds averaged weights but its "
+                                  "recipe record keeps none (recipe.ema_decay); was the file edited?")
         ostate = load_optimizer_state(self.run_dir, meta)
-        try:
-            self.optimizer.load_state_dict(ostate["optimizer"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{self.run_dir}: optimizer state does not fit ({exc})") from None
+        check_optimizer_state(ostate, self.optimizer, str(self.run_dir / meta["files"]["optimizer"]))
+        self.optimizer.load_state_dict(ostate["optimizer"])
         torch.set_rng_state(ostate["torch_rng"])
         s = self.state
         s.step, s.train_time_s, s.images_seen = int(meta["step"]), float(meta["train_time_s"]), int(meta["images_seen"])
         s.best_accuracy, s.last_accuracy = meta.get("best_accuracy"), meta.get("last_accuracy")
         s.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.partial_epoch = meta.get("partial_epoch")
+        self.resumed_world_size = int(meta.get("world_size", 1))  # processes that trained the run so far
+        self.init_from = meta.get("init_from")
+        s.best_step, s.evals_since_best = meta.get("best_step"), int(meta.get("evals_since_best") or 0)
 
     # ----------------------------------------------------------------- loop
     def log(self, record: dict[str, Any]) -> None:
@@ -351,6 +389,7 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as exc:  # disk full, folder removed: the last checkpoint is still intact
+            self._rewind_log()  # no torn line, no record newer than that checkpoint
             raise CheckpointError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
     def loss_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,6 +432,9 @@ class Trainer:
             self.state.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
+            # training accuracy of the batch as the step saw it (Keras' "accuracy"); summed on the device
+            self.train_hits = self.train_hits + (logits.detach().argmax(1) == y).sum()
+            self.train_seen += y.numel()
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -475,6 +517,22 @@ class Trainer:
         return (f"loss became {loss.item()} at step {self.state.step}{where}; {self._kept_checkpoint()}; "
                 "lower the learning rate, or use --skip-nonfinite to skip such batches")
 
+    def _check_weights(self) -> None:
+        """Raise :class:`NonFiniteLoss` (exit 3) if a raw or averaged weight holds NaN or Inf: such weights must
+        never be evaluated (constant predictions, a meaningless accuracy) nor checkpointed."""
+        states = [("", self.model.state_dict())]
+        if self.ema is not None:
+            states.append(("averaged ", self.ema.state_dict()))
+        tensors = [(prefix + name, t) for prefix, state in states for name, t in state.items() if t.is_floating_point()]
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).cpu()  # one host sync
+        if bool(finite.all()):
+            return
+        bad = tensors[int((~finite).nonzero()[0])][0]
+        raise NonFiniteLoss(f"weights became non-finite by step {self.state.step} (tensor {bad!r} holds NaN or "
+                            f"Inf); {self._kept_checkpoint()}; lower the learning rate")
+
     def _kept_checkpoint(self) -> str:
         try:
             meta = read_meta(self.run_dir, missing_ok=True)
@@ -494,12 +552,48 @@ class Trainer:
                                  self.dist, self.device)
         return correct / n if n else float("nan")
 
+    def _track_best(self, acc: float, done: bool) -> None:
+        """Keep the weights of the best evaluation (saved as best-<step>.safetensors with the next checkpoint)
+        and stop early after ``options.early_stop`` evaluations without a better accuracy."""
+        s = self.state
+        if s.best_accuracy is None or acc > s.best_accuracy:
+            s.best_accuracy, s.best_step, s.evals_since_best = acc, s.step, 0
+            if self.is_main:
+                self.best_state = {k: v.detach().to("cpu", copy=True)
+                                   for k, v in self.eval_model().state_dict().items()}
+            return
+        s.evals_since_best += 1
+        patience = self.options.early_stop
+        if patience and s.evals_since_best >= patience and not done:
+            self.should_stop = True
+            self.stop_reason = (f"early stop: no better {self.splits.eval_split} accuracy in {patience} evaluation"
+                                f"{'s' if patience != 1 else ''} (best {format_accuracy(s.best_accuracy)} at step "
+                                f"{s.best_step})")
+
+    def _agree_to_stop(self) -> bool:
+        """Whether some rank asks to stop, the same answer on every rank (one process: ``should_stop``). A rank
+        stopped by another's signal takes that signal as its reason: torchrun forwards a signal to each process
+        at its own moment, and rank 0, which checkpoints and reports, may get it last."""
+        if self.dist is None:
+            return self.should_stop
+        asked, interrupted, terminated = ddp.all_sum(
+            [float(self.should_stop), float(self.stop_reason == "interrupted"),
+             float(self.stop_reason == "terminated")], self.dist, self.device)
+        if asked and not self.stop_reason and (interrupted or terminated):
+            self.stop_reason = "terminated" if terminated else "interrupted"
+            self._interrupted = True  # this rank's own copy of the signal, when it comes, is the same request
+        self.should_stop = self.should_stop or asked > 0
+        return asked > 0
+
     def _handle_sigint(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self._interrupted:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill): finish the step, checkpoint, stop."""
+        if self._interrupted:  # a second signal: stop now
+            if self.dist is not None:  # torchrun forwards the signal the processes got already: a copy, not a
+                return                 # second request (torchrun escalates to SIGKILL itself); every rank must
+            raise KeyboardInterrupt    # reach the same collectives
         self._interrupted = True
         self.should_stop = True
-        self.stop_reason = "interrupted"
+        self.stop_reason = "terminated" if signum == signal.SIGTERM else "interrupted"
 
     def fit(self) -> TrainState:
         """Train to the end (or until a callback or Ctrl-C stops it); returns the final state."""
@@ -511,14 +605,19 @@ class Trainer:
             except OSError as exc:
                 raise CheckpointError(f"cannot create the run folder {self.run_dir}: {exc.strerror or exc}") from None
             trim_log(self.run_dir / "metrics.jsonl", self.state.step)  # records after the checkpoint resumed from
+            self._log_at_checkpoint = log_size(self.run_dir / "metrics.jsonl")
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
-        old_handler = signal.signal(signal.SIGINT, self._handle_sigint) if _main_thread() else None
+        old_handlers = ({sig: signal.signal(sig, self._handle_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
+                        if _main_thread() else {})
         s = self.state
-        bar = tqdm(total=self.total_steps, initial=s.step, disable=not (self.options.progress and self.is_main),
+        showing = self.options.progress and self.is_main
+        # a bar on a terminal; in a log file (stderr not a terminal) plain step and epoch lines (plain_progress.py)
+        bar = tqdm(total=self.total_steps, initial=s.step, disable=not (showing and stderr_is_terminal()),
                    unit="step",
                    dynamic_ncols=True, leave=True, desc="train")
+        plain = PlainProgress(self.total_steps, enabled=showing and bar.disable)
         images, labels = self.splits.train_images, self.splits.train_labels
         spec, mean = self.train_spec, getattr(self.model, "pixel_mean", None)
         # each rank draws its own plan over its own shard
@@ -527,18 +626,26 @@ class Trainer:
         fused = self._fused_runner() if self.step_mode != "eager" else None
         meter = LossMeter(self.device)
         try:
-            while s.step < self.total_steps and not self.should_stop:
+            leave = False  # the same on every rank: a signal lands on each process at its own moment
+            while s.step < self.total_steps and not leave:
                 plan, first, epoch_steps, phase1 = self.epoch_plan(s.step, plan_seed)
                 plan = plan.to(self.device)
                 t0, seen0 = time.perf_counter(), s.images_seen
                 meter.start_epoch()
+                self.train_hits, self.train_seen = 0, 0
+                if self.partial_epoch is not None and first > 0:  # resumed within this epoch
+                    meter.restore(self.partial_epoch)
+                    self.train_hits = int(self.partial_epoch.get("train_hits", 0))
+                    self.train_seen = int(self.partial_epoch.get("train_seen", 0))
+                self.partial_epoch = None
                 if fused is not None:
                     fused.start_epoch(plan, first)
                     fused.reset_loss_sum()
                 for k in range(first, epoch_steps):
-                    if self.dist is not None:  # every rank must stop at the same step
-                        self.should_stop = ddp.any_true(self.should_stop, self.dist, self.device)
-                    if s.step >= self.total_steps or self.should_stop:
+                    # every rank must stop at the same step: decide on the agreed answer, never on the flag,
+                    # which a signal handler may set on one rank right after this exchange
+                    stop = self._agree_to_stop()
+                    if s.step >= self.total_steps or stop:
                         break
                     if fused is not None:
                         self._fused_step(fused, last_in_epoch=k == epoch_steps - 1)
@@ -555,8 +662,10 @@ class Trainer:
                     if show:
                         rate = (s.images_seen - seen0) / max(1e-9, time.perf_counter() - t0)
                         total, ce = self.last_terms.tolist()
-                        bar.set_postfix({"loss/total": f"{total:.3f}", "cross_entropy": f"{ce:.3f}",
-                                         "img/s": f"{rate:.0f}"}, refresh=False)
+                        postfix = {"loss/total": f"{total:.3f}", "cross_entropy": f"{ce:.3f}",
+                                   "img/s": f"{rate:.0f}"}
+                        bar.set_postfix(postfix, refresh=False)
+                        plain.step(s.step, self.clock.epoch_at(s.step), postfix)
                     bar.update(1)
                     if self.log_every and s.step % self.log_every == 0:
                         if fused is not None:
@@ -566,6 +675,8 @@ class Trainer:
                 if fused is not None:
                     self._check_fused(fused)  # before any checkpoint: never save weights after a bad update
                     meter.copy_from(fused.terms_sum, int(fused.finite_steps))
+                self._check_weights()  # before this epoch's evaluation and checkpoint (a finite loss can
+                                       # still take a step to Inf weights: --lr 1e308)
                 epoch_time = time.perf_counter() - t0
                 s.train_time_s += epoch_time
                 at_epoch_end = self.clock.at_epoch_end(s.step)
@@ -578,6 +689,9 @@ class Trainer:
                     "images_per_s": (s.images_seen - seen0) * (self.dist.world_size if self.dist else 1)
                     / max(1e-9, epoch_time),
                 }
+                if self.train_seen:  # eager steps count their batches' hits; fused and graph steps do not
+                    hits, seen = ddp.all_sum([float(self.train_hits), float(self.train_seen)], self.dist, self.device)
+                    record["train_accuracy"] = hits / seen
                 full_epoch = int(self.clock.epoch_at(s.step))
                 due = (at_epoch_end or done) and (
                     done or (self.options.eval_every and full_epoch % self.options.eval_every == 0))
@@ -592,28 +706,41 @@ class Trainer:
                     acc = self.evaluate_now(progress=not bar.disable)
                     s.train_time_s += time.perf_counter() - t1
                     s.last_accuracy = acc
-                    s.best_accuracy = acc if s.best_accuracy is None else max(s.best_accuracy, acc)
+                    self._track_best(acc, done)
                     record.update(accuracy=acc, eval_split=self.splits.eval_split)
-                if due and self.is_main:
+                if self.is_main and (due or (plain.enabled and (at_epoch_end or done))):  # a log: every epoch
+                    plain.restart()
                     shown = [f"{name} accuracy {format_accuracy(record[key])}" for name, key in
                              (("holdout", "holdout_accuracy"), (self.splits.eval_split, "accuracy")) if key in record]
-                    bar.write(f"epoch {record['epoch']:.2f}: {LOSS_TOTAL} {record[LOSS_TOTAL]:.4f}, "
-                              f"{LOSS_CROSS_ENTROPY} {record[LOSS_CROSS_ENTROPY]:.4f}, " + ", ".join(shown))
+                    bar.write(", ".join([f"epoch {record['epoch']:.2f}: {LOSS_TOTAL} {record[LOSS_TOTAL]:.4f}",
+                                         f"{LOSS_CROSS_ENTROPY} {record[LOSS_CROSS_ENTROPY]:.4f}", *shown]))
                 record["wall_s"] = s.train_time_s
-                s.history.append(record)
-                self.log(record)
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, record)
+                # A stop within an epoch (Ctrl-C, SIGTERM, --stop-on-problem) logs no record: the checkpoint keeps
+                # the epoch's loss sums (run.json partial_epoch) and the resumed run logs the whole epoch once.
+                # Under torchrun each rank has its own sums: the resumed record averages the steps after the resume.
+                partial = self.should_stop and not (at_epoch_end or done)
+                self.partial_epoch = meter.state() if partial and self.dist is None else None
+                if self.partial_epoch is not None:  # and its training-accuracy counts
+                    self.partial_epoch.update(train_hits=int(self.train_hits), train_seen=self.train_seen)
+                if not partial:
+                    s.history.append(record)
+                    self.log(record)
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self, record)
                 if done or self.should_stop or full_epoch % self.options.checkpoint_every == 0:
-                    self.save(complete=done)
+                    self.save(complete=done or self.stop_reason.startswith("early stop"))
+                leave = self._agree_to_stop()
+            if self.is_main and self._saved is not None and self._saved != (s.step, self.stop_reason) \
+                    and self._saved[0] == s.step:  # a signal that came while the last checkpoint was written
+                update_meta(self.run_dir, stop_reason=self.stop_reason)
         except NonFiniteLoss:
             bar.close()
             self.stop_reason = "non-finite loss"
             raise
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         ddp.barrier(self.dist)
         for cb in self.callbacks:
             cb.on_train_end(self)

@@ -6,6 +6,8 @@ means only when it writes a record: the epoch's mean, and the mean since the pre
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..metrics import LOSS_KEYS
@@ -19,12 +21,32 @@ class LossMeter:
         self.count = 0
         self._mark_sum = self.sum.clone()
         self._mark_count = 0
+        self._carried = self.sum.clone()  # sums of the epoch's steps before a resume (see restore)
+        self._carried_count = 0
 
     def start_epoch(self) -> None:
         self.sum.zero_()
         self.count = 0
         self._mark_sum.zero_()
         self._mark_count = 0
+        self._carried.zero_()
+        self._carried_count = 0
+
+    def state(self) -> dict[str, list[float] | int] | None:
+        """The epoch's sums so far, for a checkpoint written mid-epoch (None if not finite: not storable)."""
+        sums, marks = self.sum.tolist(), self._mark_sum.tolist()
+        if not all(math.isfinite(v) for v in sums + marks):
+            return None
+        return {"loss_sum": sums, "steps": self.count, "mark_loss_sum": marks, "mark_steps": self._mark_count}
+
+    def restore(self, state: dict[str, list[float] | int]) -> None:
+        """Continue an epoch from :meth:`state` (after :meth:`start_epoch`): its records then average all of the
+        epoch's steps, those before the checkpoint too."""
+        self.sum.copy_(torch.tensor(state["loss_sum"]))
+        self._carried.copy_(self.sum)
+        self._mark_sum.copy_(torch.tensor(state["mark_loss_sum"]))
+        self.count = self._carried_count = int(state["steps"])  # type: ignore[arg-type]
+        self._mark_count = int(state["mark_steps"])  # type: ignore[arg-type]
 
     def add(self, terms: torch.Tensor) -> None:
         """One finite step's pair (skipped, non-finite steps are not added)."""
@@ -32,9 +54,9 @@ class LossMeter:
         self.count += 1
 
     def copy_from(self, sums: torch.Tensor, count: int) -> None:
-        """Take the sums kept elsewhere (the fused step keeps its own on the device)."""
-        self.sum.copy_(sums)
-        self.count = count
+        """Take the sums kept elsewhere (the fused step keeps its own on the device, from the resume on)."""
+        torch.add(sums, self._carried, out=self.sum)
+        self.count = count + self._carried_count
 
     def interval_means(self) -> dict[str, float]:
         """Means since the previous call (or the epoch start); empty when no finite step came since."""

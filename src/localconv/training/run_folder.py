@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..errors import LocalconvError
@@ -91,6 +92,11 @@ class RunFolder:
             raise LocalconvError(f"cannot create the run folder {self.out}: {exc.strerror or exc}") from None
         self._made_dirs = missing
         try:
+            self._check_writable()
+        except LocalconvError:
+            self._remove_made_dirs()
+            raise
+        try:
             self._found = set(os.listdir(self.out))
             if self._lock is not None:
                 self._lock.acquire()
@@ -112,6 +118,20 @@ class RunFolder:
             self.close(failed=False)
             what = "now holds a run" if expect_run_json is None else "was changed by another process"
             raise LocalconvError(f"--out {self.out} {what} since this command started; run it again")
+
+    def _check_writable(self) -> None:
+        """Write and remove a temp file as checkpoints do, and open the metrics log for appending: a folder where
+        checkpoints cannot be written is refused now, not after an epoch of work."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{RUN_FILE}.", suffix=".tmp", dir=self.out)  # a TEMP_FILE name
+            os.close(fd)
+            os.unlink(tmp)
+            if (self.out / METRICS_FILE).exists():
+                with open(self.out / METRICS_FILE, "a"):
+                    pass
+        except OSError as exc:
+            raise LocalconvError(f"--out {self.out}: cannot write in the run folder ({exc.strerror or exc}); "
+                                 "checkpoints could not be saved") from None
 
     def close(self, failed: bool) -> None:
         """Release the lock; after a failure with no committed checkpoint, remove what this run created."""
