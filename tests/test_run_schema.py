@@ -152,7 +152,7 @@ CUT = {**GOOD, "step": 7, "ema_updates": 7, "steps_per_epoch": 4, "total_steps":
     ({"ema_updates": 6}, "ema_updates 6 is not step 7 less 0 skipped steps"),
     ({"skipped_steps": 1}, "ema_updates 7 is not step 7 less 1 skipped steps"),
     ({"best_accuracy": 0.05}, "best_accuracy 0.05 is below last_accuracy 0.1"),
-    ({"partial_epoch": {**CUT["partial_epoch"], "steps": 4}}, "partial_epoch counts 4 steps"),
+    ({"partial_epoch": {**CUT["partial_epoch"], "steps": 5}}, "partial_epoch counts 5 steps"),
     ({"partial_epoch": {**CUT["partial_epoch"], "mark_steps": 4}}, "partial_epoch counts 3 steps (4 since"),
     ({"partial_epoch": {**CUT["partial_epoch"], "mark_loss_sum": [7.5, 4.5]}}, "mark_loss_sum exceeds loss_sum"),
     ({"partial_epoch": {**CUT["partial_epoch"], "loss_sum": [-1, 6.9]}}, "partial_epoch.loss_sum[0]: expected"),

@@ -328,13 +328,15 @@ def _inconsistency(meta: dict[str, Any]) -> str | None:
     part = meta.get("partial_epoch")
     if part is None:
         return None
-    into = step % spe if spe else step  # steps into the cut epoch
+    # At most one epoch's steps: not step % steps_per_epoch, because epochs differ in length when
+    # cuda-convnet's methodology switches phase (phase 1 trains on fewer images than phase 2).
+    into = min(step, spe) if spe else step
     if part["steps"] > into or part["mark_steps"] > part["steps"]:
         return (f"partial_epoch counts {part['steps']} steps ({part['mark_steps']} since the last record), "
-                f"the run is {into} steps into its epoch")
+                f"more than the {into} steps an epoch of this run can hold so far")
     if any(m > t for m, t in zip(part["mark_loss_sum"], part["loss_sum"])):
         return "partial_epoch.mark_loss_sum exceeds loss_sum"
     if part.get("train_hits", 0) > part.get("train_seen", 0) or (
-            meta.get("batch_size") and part.get("train_seen", 0) > into * meta["batch_size"]):
-        return "partial_epoch.train_hits and train_seen do not fit the steps into the epoch"
+            meta.get("batch_size") and part.get("train_seen", 0) > part["steps"] * meta["batch_size"]):
+        return "partial_epoch.train_hits and train_seen do not fit the partial epoch's steps"
     return None
