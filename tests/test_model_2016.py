@@ -120,3 +120,22 @@ def test_softmax_output_cli_option():
     assert build("--model", "tf-tutorial").outputs_probabilities is False
     with pytest.raises(LocalconvError, match="--softmax-output applies to the tf-tutorial family, not to .*cc-11pct"):
         build("--model", "cc-11pct", "--softmax-output")
+
+
+def test_the_doctors_fixes_name_the_flags_that_apply_them() -> None:
+    """Issue 22 item 7: on the tf-tutorial family the softmax finding's fix is --no-softmax-output and an init
+    finding's is --convN-std; on a foreign model neither flag is offered."""
+    import argparse
+
+    from localconv.cli.doctor_cmd import add_flag_fixes
+    from localconv.diagnostics.checks import Finding
+
+    def fixes(model: str | None) -> list[str]:
+        found = [Finding("softmax_before_loss", "softmax_linear", "error", "m", "return the logits."),
+                 Finding("init_too_small", "conv2", "warning", "m", "raise its init.", std=0.028)]
+        add_flag_fixes(found, argparse.Namespace(model=model, cfg=None))
+        return [f.fix for f in found]
+
+    assert fixes("tf-tutorial-2016") == ["return the logits. With localconv: --no-softmax-output.",
+                                         "raise its init. With localconv: --conv2-std 0.028."]
+    assert fixes(None) == ["return the logits.", "raise its init."]

@@ -93,12 +93,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_flag_fixes(findings: list[Any], args: argparse.Namespace) -> None:
-    """The init fix as the option that applies it: ``--conv2-std 0.028`` (TF models) or the cfg file's initW."""
+    """The fix as the option that applies it: ``--conv2-std 0.028`` or ``--no-softmax-output`` (TF models), or the
+    cfg file's initW."""
+    tf_model = bool(args.model) and args.model.replace("_", "-").startswith("tf-tutorial")
     for f in findings:
+        if f.kind == "softmax_before_loss" and tf_model:  # the tf-tutorial family's softmax is an option
+            f.fix += " With localconv: --no-softmax-output."
+            continue
         if f.std is None or not f.layer:
             continue
         flag = f"--{f.layer}-std"
-        if args.model and args.model.replace("_", "-").startswith("tf-tutorial") and f.layer in ("conv1", "conv2"):
+        if tf_model and f.layer in ("conv1", "conv2"):
             f.fix += f" With localconv: {flag} {f.std:.2g}."
         elif args.cfg:
             f.fix += f" In {args.cfg}: initW={f.std:.2g} in [{f.layer}]."
