@@ -496,3 +496,19 @@ def test_counters_edited_in_run_json_are_refused_before_a_resume(trained: Path, 
     meta = {**read_meta(trained), field: value}
     with pytest.raises(CheckpointError, match=f"{field} is .*, its checkpoint was written with .*was the file edited"):
         load_optimizer_state(trained, meta)
+
+
+def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(capsys) -> None:
+    """A scheduler that repeats SIGTERM gets exit 143 (128 + SIGTERM), as for one, not Ctrl-C's 130."""
+    from types import SimpleNamespace
+
+    from localconv.training.engine import Trainer
+
+    first = SimpleNamespace(_interrupted=False, should_stop=False, stop_reason="", dist=None)
+    Trainer._handle_sigint(first, signal.SIGTERM, None)
+    assert first.should_stop and first.stop_reason == "terminated"
+    with pytest.raises(SystemExit) as info:
+        Trainer._handle_sigint(first, signal.SIGTERM, None)
+    assert info.value.code == 143 and "second SIGTERM" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stays Ctrl-C
+        Trainer._handle_sigint(first, signal.SIGINT, None)

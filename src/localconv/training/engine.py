@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -590,6 +591,10 @@ class Trainer:
         if self._interrupted:  # a second signal: stop now
             if self.dist is not None:  # torchrun forwards the signal the processes got already: a copy, not a
                 return                 # second request (torchrun escalates to SIGKILL itself); every rank must
+            if signum == signal.SIGTERM:  # a scheduler insisting: exit as SIGTERM does (143), not as Ctrl-C
+                print("terminated (a second SIGTERM): stopped at once, the last checkpoint is kept",
+                      file=sys.stderr)
+                raise SystemExit(143)
             raise KeyboardInterrupt    # reach the same collectives
         self._interrupted = True
         self.should_stop = True
