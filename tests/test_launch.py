@@ -52,3 +52,10 @@ def test_the_option_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch, t
     code = main(["train", "--nproc-per-node", "2", "--model", "tf-tutorial-conv", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--nproc-per-node 2: this process was started by torchrun" in err[0]
+
+
+def test_a_worker_killed_from_outside_is_the_cause_not_the_peer_the_shutdown_ended() -> None:
+    """Rank 1 killed; the launcher's shutdown then ends rank 0 with SIGTERM in the same second (seen in CI):
+    the line names rank 1."""
+    code, line = failure_report({0: failure(-15), 1: failure(-9)}, 2, "runs/r")
+    assert code == 1 and "rank 1 of 2 was ended by SIGKILL" in line

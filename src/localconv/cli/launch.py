@@ -130,12 +130,15 @@ def failure_report(failures: dict[int, Any], nproc: int, out: Any) -> tuple[int,
     if codes and all(code in (130, 143) for code in codes.values()):  # stopped by a signal, checkpoint written
         return max(codes.values()), None
 
-    def first(rank: int) -> tuple[int, int, int]:
+    def first(rank: int) -> tuple[bool, int, int, int]:
         # the earliest failure is the cause (a worker stopped with SIGSTOP is killed by the launcher's shutdown
         # long after its peer timed out); in the same second, a worker killed from outside without a line of its
         # own comes before one whose line says that it lost its peer (and that the shutdown may have ended next)
         kind = 0 if codes[rank] < 0 and not said(rank) else 1 if said(rank) else 2
-        return int(failures[rank].timestamp or 0), kind, rank
+        # A death by SIGTERM/SIGINT is what the launcher's shutdown sends the survivors (the workers' own
+        # handlers exit 143/130 instead), so it is the cause only when nothing else failed.
+        shutdown = codes[rank] in (-signal.SIGTERM, -signal.SIGINT)
+        return shutdown, int(failures[rank].timestamp or 0), kind, rank
 
     rank = min(ranks, key=first) if ranks else 0
     line = said(rank) if ranks else None
