@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from cifar_fixtures import make_arrays, tar_folder, write_image_tarballs, write_image_tree
+from cifar_fixtures import make_arrays, swap_keeping_times, tar_folder, write_image_tarballs, write_image_tree
 from localconv.cli.main import main
 from localconv.data import load_cifar10
 from localconv.data.identity import check_identity, identity_difference, identity_record
@@ -32,16 +32,6 @@ def bmp_tree(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0) -> 
 def tree_files(root: Path, split: str = "train") -> list[Path]:
     """The split's files in dataset order (by class, then file name): position i is image i."""
     return [file for name in sorted(os.listdir(root / split)) for file in sorted((root / split / name).iterdir())]
-
-
-def swap_keeping_times(a: Path, b: Path) -> None:
-    """Swap two files' bytes and give each its old mtime back (as files extracted from one tarball look)."""
-    times = a.stat().st_mtime_ns, b.stat().st_mtime_ns
-    data_a, data_b = a.read_bytes(), b.read_bytes()
-    a.write_bytes(data_b)
-    b.write_bytes(data_a)
-    os.utime(a, ns=(times[0], times[0]))
-    os.utime(b, ns=(times[1], times[1]))
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cifar_fixtures import (encode_image, make_arrays, tar_folder, write_binary_release, write_image_tree,
-                            write_python_release)
+from cifar_fixtures import (encode_image, make_arrays, swap_keeping_times, tar_folder, write_binary_release,
+                            write_image_tree, write_python_release)
 from localconv.cli.main import main
 from localconv.data import CifarData, read_image
 from localconv.data.formats import detect_source
@@ -231,12 +231,7 @@ def _apply(root: Path, op: str, a: int, b: int) -> None:
     elif op == "remove" and len(files) > 4 and len(list(first.parent.iterdir())) > 1:
         first.unlink()
     elif op == "swap":
-        times = first.stat().st_mtime_ns, second.stat().st_mtime_ns
-        one, two = first.read_bytes(), second.read_bytes()
-        first.write_bytes(two)
-        second.write_bytes(one)
-        os.utime(first, ns=(times[0], times[0]))
-        os.utime(second, ns=(times[1], times[1]))
+        swap_keeping_times(first, second)
     elif op == "rename":
         first.rename(first.with_name(f"{b:05d}.bmp"))
     elif op.startswith("reencode"):

@@ -12,7 +12,8 @@ from localconv.diagnostics.options import DoctorOptions
 from localconv.diagnostics.monitor import LayerMonitor, MonitorHistory
 from localconv.diagnostics.watch import WatchCallback
 from localconv.training.engine import Trainer, TrainOptions
-from localconv.training.layer_hooks import first_nonfinite_layer, weight_layers
+from localconv.layer_hooks import weight_layers
+from localconv.training.layer_hooks import first_nonfinite_layer
 
 from conftest import synthetic_cifar
 

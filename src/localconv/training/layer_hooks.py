@@ -1,15 +1,14 @@
 """The locator of the first non-finite layer, for the engine's NaN/Inf message.
 
 The hooks themselves live in :mod:`localconv.layer_hooks` (torch only: the doctor and
-``localconv.Watch`` use them on any model); their names are re-exported here for existing imports.
+``localconv.Watch`` use them on any model).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..layer_hooks import (ACTIVATION_MODULES, LayerHooks, checksum, is_activation,  # noqa: F401
-                                       locate_nonfinite, weight_layers, weight_params)
+from ..layer_hooks import LayerHooks, locate_nonfinite
 
 
 def first_nonfinite_layer(model: nn.Module, inputs: torch.Tensor | None = None) -> str | None:
