@@ -11,10 +11,12 @@ Every figure is a ratio against a baseline measured in the same run, on the same
   unfold-einsum  F.unfold + einsum with plain autograd (the einsum runs as one bmm over positions: unfold+bmm)
 Methods of localconv: local-portable (the portable backend with a plain contiguous weight, as
 LocallyConnected2d stores it on every device since issue 23; on CPU the op copies it taps-last once per
-forward for its GEMMs; its ratio is the acceptance figure), with --before also local-portable-taps-last
-(the same op with the parameter itself stored taps-last, [*out, O, kh, kw, C] memory order: the layer's
-CPU layout before issue 23, built with local_portable.taps_last_weight) and, on CUDA, local-triton
-(fused kernels).
+forward for its GEMMs, and a float32 forward runs them as oneDNN convolutions; its ratio is the acceptance
+figure), with --before also local-portable-taps-last (the same op with the parameter itself stored
+taps-last, [*out, O, kh, kw, C] memory order: the layer's CPU layout before issue 23, built with
+local_portable.taps_last_weight), on CPU local-portable-bmm (the forward with oneDNN off,
+torch.backends.mkldnn.flags(enabled=False): its GEMMs as MKL bmm, the CPU forward before
+local_onednn) and, on CUDA, local-triton (fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -80,8 +82,9 @@ def benchmark_shapes(quick: bool = False) -> list[Shape]:
 
 
 def local_methods(device: str, before: bool = False) -> list[str]:
-    """localconv's methods; ``before``: also the parameter stored taps-last (the CPU layout before issue 23)."""
-    return (["local-portable"] + (["local-portable-taps-last"] if before else [])
+    """localconv's methods; ``before``: also the CPU code before its changes (see BEFORE_METHODS)."""
+    before_cpu = ["local-portable-taps-last"] + (["local-portable-bmm"] if device == "cpu" else [])
+    return (["local-portable"] + (before_cpu if before else [])
             + (["local-triton"] if device == "cuda" else []))
 
 
@@ -137,11 +140,16 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
         params = [param(out, out, s.o, s.c, k, k), param(s.o, out, out)]
         if method == "unfold-einsum":
             forward = lambda: unfold_einsum_forward(x, params[0], params[1], k, pad)  # noqa: E731
-        elif method in ("local-portable", "local-triton", "local-portable-taps-last"):
+        elif method in ("local-portable", "local-triton", "local-portable-taps-last", "local-portable-bmm"):
             backend = method.split("-")[1]
             if method == "local-portable-taps-last":  # the parameter as LocallyConnected2d stored it before
                 params[0] = taps_last_weight(params[0].detach(), 2).requires_grad_()
-            forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731
+            if method == "local-portable-bmm":  # the CPU forward before its oneDNN path: MKL bmm GEMMs
+                def forward() -> torch.Tensor:
+                    with torch.backends.mkldnn.flags(enabled=False):
+                        return local_conv2d(x, params[0], params[1], 1, pad, backend=backend)
+            else:
+                forward = lambda: local_conv2d(x, params[0], params[1], 1, pad, backend=backend)  # noqa: E731
         else:
             raise ValueError(f"unknown method {method!r}")
     leaves = [x, *params]
@@ -374,15 +382,21 @@ def worst_conv2d_line(rows: list[dict]) -> str:
     return "worst ratio to conv2d: " + ("; ".join(parts) if parts else "n/a (no conv2d baseline measured)")
 
 
-def before_after_line(records: list[dict], time_key: str = "seconds") -> str:
-    """Per shape: time of the contiguous parameter (after) over the taps-last one (before), same run."""
+BEFORE_METHODS = {  # method -> what it measures: the CPU code before a change, side by side in the same run
+    "local-portable-taps-last": "before issue 23: the parameter itself stored taps-last",
+    "local-portable-bmm": "the forward's GEMMs as MKL bmm, before its oneDNN path",
+}
+
+
+def before_after_line(records: list[dict], before: str, time_key: str = "seconds") -> str:
+    """Per shape: time of local-portable (after) over the ``before`` method, same run."""
     by_key = {(r["shape"], r["method"]): r for r in records}
     parts = []
     for shape in dict.fromkeys(r["shape"] for r in records):
-        after, before = by_key.get((shape, "local-portable")), by_key.get((shape, "local-portable-taps-last"))
-        if after and before and after[time_key] and before[time_key]:
-            parts.append(f"{shape} {after[time_key] / before[time_key]:.2f}x")
-    return "after/before time (contiguous parameter / taps-last parameter): " + (", ".join(parts) or "n/a")
+        after, base = by_key.get((shape, "local-portable")), by_key.get((shape, before))
+        if after and base and after[time_key] and base[time_key]:
+            parts.append(f"{shape} {after[time_key] / base[time_key]:.2f}x")
+    return f"after/before time (local-portable / {before}): " + (", ".join(parts) or "n/a")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="TEXT", help="only shapes whose name contains TEXT")
     parser.add_argument("--methods", metavar="A,B", help="comma list (default: all)")
     parser.add_argument("--before", action="store_true",
-                        help="also time the parameter stored taps-last (the layer's CPU layout before issue 23: "
-                             "method local-portable-taps-last) side by side, and print after/before ratios")
+                        help="also time the CPU code before its changes side by side (local-portable-taps-last: "
+                             "the parameter stored taps-last, the layout before issue 23; local-portable-bmm: the "
+                             "forward's GEMMs as MKL bmm, before its oneDNN path) and print after/before ratios")
     parser.add_argument("--statistic", choices=("median", "min"), default="median",
                         help="time statistic of the ratio table (min: least disturbed round, for loaded machines)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")
@@ -414,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [s for s in benchmark_shapes(args.quick) if not args.only or args.only in s.name]
     methods = (args.methods.split(",") if args.methods
                else [*local_methods(args.device, args.before), *BASELINES])
-    if args.before and "local-portable-taps-last" not in methods:
-        methods.append("local-portable-taps-last")
+    if args.before:
+        methods += [m for m in local_methods(args.device, True) if m not in methods]
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 7)
     snippet_gb = args.snippet_max_gb if args.snippet_max_gb is not None else (30 if args.device == "cuda" else 3)
     print(f"device={args.device} threads={args.threads} torch={torch.__version__}")
@@ -427,11 +442,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.statistic} time over rounds")
     print(format_ratio_table(rows))
     time_key = "seconds_min" if args.statistic == "min" else "seconds"
-    before_rows = ratio_rows(records, "local-portable-taps-last", time_key)
-    if before_rows:
-        print("\nlocalconv = local-portable-taps-last (before issue 23: the parameter itself stored taps-last):")
-        print(format_ratio_table(before_rows))
-        print(before_after_line(records, time_key))
+    for before, meaning in BEFORE_METHODS.items():
+        before_rows = ratio_rows(records, before, time_key)
+        if before_rows:
+            print(f"\nlocalconv = {before} ({meaning}):")
+            print(format_ratio_table(before_rows))
+            print(before_after_line(records, before, time_key))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "torch": torch.__version__,

@@ -523,3 +523,63 @@ def test_official_size_batch_with_another_md5_is_refused(tmp_path: Path) -> None
             "10000 images")
     smaller = write_python_release(tmp_path / "small", make_arrays(n_train=10, n_test=9999, seed=1))
     assert len(read(smaller).test_labels) == 9999  # another count: not the official file, not checked
+
+
+# ----------------------------------------------------------------------------- image files linked across splits
+# A test/ or val/ image file that is a symbolic or hard link to a train/ one would be trained on and evaluated on
+# (issue 21, as for linked class folders): refused with one line naming the file. Links that reach a file once
+# (a tree of links into a store of images) and repeated files within one split stay allowed.
+
+
+def _link(kind: str, target: Path, link: Path) -> None:
+    link.unlink()
+    if kind == "symlink":
+        link.symlink_to(target)
+    else:
+        os.link(target, link)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_a_test_image_linked_to_a_training_image_is_refused(kind: str, tmp_path: Path) -> None:
+    root = write_image_tree(tmp_path / "tree", make_arrays(n_train=12, n_test=6, classes=CLASSES3, seed=1))
+    train_file = sorted((root / "train" / "cat").iterdir())[0]
+    test_file = sorted((root / "test" / "dog").iterdir())[0]
+    _link(kind, train_file, test_file)
+    with pytest.raises(DataError) as refusal:
+        read(root)
+    assert str(refusal.value).startswith(f"{test_file}: is the same file as {train_file} (a link)"), refusal.value
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_a_val_image_linked_to_a_training_image_is_one_line_and_exit_2(kind: str, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    root = write_image_tree(tmp_path / "tree", make_arrays(n_train=24, n_test=9, classes=CLASSES3, seed=2))
+    shutil.copytree(root / "test", root / "val")  # copies, not links: a legitimate val/ (checked below)
+    val_file = sorted((root / "val" / "frog").iterdir())[0]
+    train_file = sorted((root / "train" / "frog").iterdir())[-1]
+    _link(kind, train_file, val_file)
+    args = ["train", "--model", "tf-tutorial-conv", "--data", str(root), "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("localconv train: error:")]
+    assert len(lines) == 1 and f"{val_file}: is the same file as {train_file} (a link)" in lines[0], err
+    assert not (tmp_path / "r").exists()
+    val_file.unlink()
+    shutil.copyfile(train_file, val_file)  # the same pixels in a file of its own: not a link, read as given
+    assert main(args) == 0, capsys.readouterr().err
+
+
+def test_linked_image_files_that_reach_a_file_once_are_read(tmp_path: Path) -> None:
+    arrays = make_arrays(n_train=12, n_test=6, classes=CLASSES3, seed=3)
+    store = write_image_tree(tmp_path / "store", arrays)
+    root = tmp_path / "tree"
+    for file in sorted(store.rglob("*.png")):  # a tree of links into a store of images
+        link = root / file.relative_to(store)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(file)
+    train_cat = sorted((root / "train" / "cat").iterdir())
+    os.link(store / train_cat[0].relative_to(root), root / "train" / "cat" / "zz-again.png")  # repeated in train/
+    data = read(root)
+    assert len(data.train_labels) == 13 and len(data.test_labels) == 6

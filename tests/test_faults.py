@@ -239,6 +239,117 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_is_exact(dataset, reference: Path
     assert_same_result(run, reference)
 
 
+# A signal at an exact point of the loop, sent by the process to itself (its handler runs at the next bytecode):
+# the points where the stop reason in run.json and the CLI's report once disagreed, or an epoch was logged twice.
+# $SIGNAL_AT is "POINT:STEP:SIGNAL"; POINT is where, at the first time the loop is at STEP.
+SIGNAL_AT = """
+import os, signal, sys
+from localconv.training import engine
+point, at_step, name = os.environ["SIGNAL_AT"].split(":")
+at_step, sent = int(at_step), []
+def _send(step):
+    if step == at_step and not sent:
+        sent.append(step)
+        signal.raise_signal(getattr(signal, name))
+def _wrap(owner, attr, before):
+    original = getattr(owner, attr)
+    def wrapped(*args, **kwargs):
+        if before:
+            _send(before(*args))
+        result = original(*args, **kwargs)
+        if not before:
+            _send(args[0].state.step)
+        return result
+    setattr(owner, attr, wrapped)
+if point == "during-save":          # the metadata is made, the files not yet written
+    _wrap(engine, "save_checkpoint", lambda run_dir, meta, *rest: meta["step"])
+elif point == "after-save":         # the checkpoint is committed, the loop has not yet agreed to stop
+    _wrap(engine.Trainer, "save", None)
+elif point == "next-epoch":         # the loop went on to the next epoch, which has not taken a step
+    _wrap(engine.Trainer, "epoch_plan", lambda trainer, step, seed: step)
+elif point == "after-last-agreement":  # the last agreement of the loop said go on (or end)
+    _wrap(engine.Trainer, "_agree_to_stop", None)
+from localconv.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,sig", [("during-save", "SIGINT"), ("during-save", "SIGTERM"), ("after-save", "SIGINT"),
+                                       ("next-epoch", "SIGINT"), ("after-last-agreement", "SIGINT")])
+def test_a_signal_at_the_epoch_end_checkpoint_is_recorded_and_resume_is_exact(point: str, sig: str, dataset,
+                                                                               reference: Path,
+                                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = train_args(dataset, run)
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_AT, *args], env={**ENV, "SIGNAL_AT": f"{point}:16:{sig}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, err = finish(proc)
+    reason = "interrupted" if sig == "SIGINT" else "terminated"
+    assert rc == (130 if sig == "SIGINT" else 143), err
+    match = re.search(rf"{reason}( \(SIGTERM\))?: checkpoint written at step (\d+)", err)
+    assert match and int(match.group(2)) == 16, err
+    meta = assert_intact(run)
+    # what the CLI said is what run.json says, and the epoch of step 16 is logged once
+    assert meta["step"] == 16 and meta["stop_reason"] == reason and not meta["complete"], meta
+    assert [r[0] for r in epoch_log(run)] == [4, 8, 12, 16]
+    assert not temp_files(run)
+    rc, err = finish(start(args + ["--resume"]))
+    assert rc == 0, err
+    assert_same_result(run, reference)
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_last_agreement_of_a_finished_run_is_recorded(dataset, reference: Path,
+                                                                          tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_AT, *train_args(dataset, run)],
+                            env={**ENV, "SIGNAL_AT": f"after-last-agreement:{TOTAL_STEPS}:SIGINT"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, err = finish(proc)
+    meta = assert_intact(run)
+    # the run is complete; the Ctrl-C came before the loop ended, so the report and run.json both say it
+    assert rc == 130 and f"interrupted: checkpoint written at step {TOTAL_STEPS}" in err, err
+    assert meta["complete"] and meta["stop_reason"] == "interrupted"
+    assert_same_result(run, reference)
+
+
+# Decodes each image 20 ms slower and creates $DECODING at the first one: a signal can land while the data is read.
+SLOW_DECODE = """
+import os, sys, time
+from pathlib import Path
+from localconv.data import image_tree
+_decode = image_tree.decode_dataset_image
+def _slow_decode(*args, **kwargs):
+    Path(os.environ["DECODING"]).touch()
+    time.sleep(0.02)
+    return _decode(*args, **kwargs)
+image_tree.decode_dataset_image = _slow_decode
+from localconv.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_data_is_decoded_says_so_and_leaves_nothing(sig: str, dataset, tmp_path: Path) -> None:
+    run, cache, marker = tmp_path / "run", tmp_path / "cache", tmp_path / "decoding"
+    args = train_args((dataset[0], cache), run)  # an empty cache: the images are decoded first
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DECODE, *args], env={**ENV, "DECODING": str(marker)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(proc, marker.exists, "the decoding")
+    proc.send_signal(getattr(signal, sig))
+    rc, err = finish(proc, timeout=60)
+    assert rc == (143 if sig == "SIGTERM" else 130), err
+    what = "terminated (SIGTERM)" if sig == "SIGTERM" else "interrupted"
+    assert err.strip().splitlines()[-1] == (f"localconv train: {what} before training started: nothing to save; "
+                                            "run the same command again"), err
+    assert not run.exists()  # no run folder that --resume would take for a run
+    assert not [p.name for p in cache.rglob("*") if p.is_file()]  # no cache entry, whole or half written
+    rc, err = finish(start(args + ["--epochs", "1"]))  # and the same command runs
+    assert rc == 0, err
+
+
 # ----------------------------------------------------------------------------- full disk
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..errors import LocalconvError
 from .common import HelpFormatter
+from .stop_signals import StoppedBeforeTraining
 
 # Subcommand modules (localconv.cli.<name>_cmd); each defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = [
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         _tell_torchrun(line)
         return exc.exit_code
+    except StoppedBeforeTraining as stop:  # SIGINT/SIGTERM while train read its data: nothing was saved
+        if os.environ.get("RANK", "0") == "0":
+            print(f"localconv {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

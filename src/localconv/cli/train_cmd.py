@@ -176,12 +176,6 @@ def _model_identity(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.loader import select_splits
-    from ..training.checkpoint import RUN_FILE
-    from ..training.engine import TrainOptions
-
-    from ..training.run_folder import RunFolder
-
     out: Path = args.out
     if args.nproc_per_node is not None:  # the launcher (None: this is one of its workers)
         from .launch import run_or_launch
@@ -189,6 +183,19 @@ def run(args: argparse.Namespace) -> int:
         code = run_or_launch(args)
         if code is not None:
             return code
+    from .stop_signals import TrainSignals
+
+    with TrainSignals() as signals:  # a signal before training: one line (stop_signals.py)
+        return _train(args, out, signals)
+
+
+def _train(args: argparse.Namespace, out: Path, signals: Any) -> int:
+    """The train command in this process (one of the launcher's workers, or the whole run)."""
+    from ..data.loader import select_splits
+    from ..training.checkpoint import RUN_FILE
+    from ..training.engine import TrainOptions
+    from ..training.run_folder import RunFolder
+
     if args.tensorboard is not None:  # optional dependencies are checked before anything is created
         from ..optional_deps import require
 
@@ -297,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     callbacks = diagnostic_callbacks(args, out) if dist_ctx is None or dist_ctx.is_main else []
     try:
         return _fit(model, splits, (folder, committed), options, info, list(data.classes), resume, dist_ctx,
-                    callbacks, init_from)
+                    callbacks, init_from, signals)
     except RuntimeError as exc:  # a peer killed, stopped or hung: one line, not gloo's traceback
         failure = ddp.as_collective_failure(exc, dist_ctx)
         if failure is None:
@@ -330,7 +337,7 @@ def remake_head_for(model: Any, init_from: dict[str, Any], classes: list[str]) -
 
 
 def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbacks=(),  # noqa: ANN001
-         init_from=None) -> int:  # noqa: ANN001
+         init_from=None, signals=None) -> int:  # noqa: ANN001
     from ..training.engine import Trainer
 
     folder, committed = where
@@ -364,6 +371,8 @@ def _fit(model, splits, where, options, info, classes, resume, dist_ctx, callbac
             f"{trainer.device}{world}; run folder {out}")
         if trainer.methodology_text():
             say(trainer.methodology_text())
+        if signals is not None:  # from here on a signal asks the trainer for a checkpoint (or, after its loop,
+            signals.hand_to(trainer.handle_signal)  # is ignored), never the default action: stop_signals.py
         state = trainer.fit()
     except BaseException:
         if trainer.is_main:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .image_tree import _is_hidden, list_class_folders
+from .image_tree import FileIdentities, _is_hidden, list_class_folders
 
 DEFAULT_TEST_FRACTION = 0.2
 CLASS_SPLIT_SEED = 20241106  # fixed: the split must not depend on the training seed
@@ -36,12 +36,13 @@ def looks_like_class_folders(folder: Path, names: set[str]) -> bool:
     return len(shown) >= 2 and all((folder / name).is_dir() for name in shown)
 
 
-def list_class_files(root: Path, min_per_class: int = 2,
-                     seen_folders: dict[tuple[int, int], str] | None = None) -> dict[str, list[Path]]:
+def list_class_files(root: Path, min_per_class: int = 2, seen_folders: dict[tuple[int, int], str] | None = None,
+                     seen_files: FileIdentities | None = None) -> dict[str, list[Path]]:
     """class -> image files of ``root/<class>/<image>`` (sorted; hidden entries skipped; bad entries refused);
     each class needs ``min_per_class`` images (2 to be split into training and test images). ``seen_folders``:
-    (device, inode) -> path of folders already read (another split's classes): a link to one is refused."""
-    classes = list_class_folders(root, {} if seen_folders is None else seen_folders, f"{root}{os.sep}")
+    (device, inode) -> path of folders already read (another split's classes): a link to one is refused;
+    ``seen_files`` the same for image files (image_tree.check_file_in_one_split)."""
+    classes = list_class_folders(root, {} if seen_folders is None else seen_folders, f"{root}{os.sep}", seen_files)
     for name, files in classes.items():
         if len(files) < min_per_class:
             need = "2 or more to be split into training and test images" if min_per_class == 2 else \

@@ -117,6 +117,7 @@ def list_tree_files(root: Path) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> image files of an image-folder tree on disk (sorted; hidden entries skipped)."""
     tree: dict[str, dict[str, list[Path]]] = {}
     seen_folders: dict[tuple[int, int], str] = {}  # (device, inode) of each class folder -> its path
+    seen_files: FileIdentities = {}  # and of each image file -> its split and path
     for split in SPLITS:
         split_dir = root / split
         if split == "test" and not split_dir.is_dir() and (root / "val").is_dir():
@@ -124,13 +125,19 @@ def list_tree_files(root: Path) -> dict[str, dict[str, list[Path]]]:
         if not split_dir.is_dir():
             other = "test" if split == "train" else "train"
             raise DataError(f"{root}: has {other}/ but no {split}/ folder (an image-folder tree needs both)")
-        tree[split] = list_class_folders(split_dir, seen_folders, f"{split}/")
+        tree[split] = list_class_folders(split_dir, seen_folders, f"{split}/", seen_files)
     return tree
 
 
-def list_class_folders(folder: Path, seen_folders: dict[tuple[int, int], str], where: str) -> dict[str, list[Path]]:
+# (device, inode) of an image file -> the split folder it was met in (``train/``) and its path
+FileIdentities = dict[tuple[int, int], tuple[str, str]]
+
+
+def list_class_folders(folder: Path, seen_folders: dict[tuple[int, int], str], where: str,
+                       seen_files: FileIdentities | None = None) -> dict[str, list[Path]]:
     """class -> image files of ``folder/<class>/<image>`` (sorted; hidden entries skipped); ``where`` names
-    ``folder`` in messages (``train/``); ``seen_folders`` collects the class folders met (a link to one is refused)."""
+    ``folder`` in messages (``train/``); ``seen_folders`` collects the class folders met (a link to one is refused),
+    ``seen_files`` the image files (one that another split holds, through a link, is refused)."""
     classes: dict[str, list[Path]] = {}
     for entry in _sorted_entries(folder):
         if _is_hidden(entry.name):
@@ -142,7 +149,9 @@ def list_class_folders(folder: Path, seen_folders: dict[tuple[int, int], str], w
         for item in _sorted_entries(Path(entry.path)):
             if _is_hidden(item.name):
                 continue
-            _check_regular(item, f"{where}{entry.name}/")
+            info = _check_regular(item, f"{where}{entry.name}/")
+            if seen_files is not None:
+                check_file_in_one_split(item.path, info, where, seen_files)
             files.append(Path(item.path))
         classes[entry.name] = files
     return classes
@@ -173,11 +182,23 @@ def _followed_stat(entry: os.DirEntry, seen_folders: dict[tuple[int, int], str])
     return info
 
 
-def _check_regular(item: os.DirEntry, folder: str) -> None:
+def check_file_in_one_split(path: str, info: os.stat_result, split: str, seen_files: FileIdentities) -> None:
+    """Refuse an image file that is also another split's (a symbolic or hard link to it): it would be trained on
+    and evaluated on. Within one split a repeated file is left alone: duplicate images are the data's own."""
+    if info.st_ino == 0:  # a file system without inode numbers: nothing to compare
+        return
+    first_split, first_path = seen_files.setdefault((info.st_dev, info.st_ino), (split, path))
+    if first_split != split:
+        raise DataError(f"{printable(path)}: is the same file as {printable(first_path)} (a link); an image in two "
+                        "splits would be trained on and evaluated on (or evaluated twice): keep it in one split")
+
+
+def _check_regular(item: os.DirEntry, folder: str) -> os.stat_result:
     # Links to image files are followed on disk (a common way to build a tree); the target must be a
     # regular file: a FIFO would block the read forever, a device would never end.
     try:
-        mode = item.stat().st_mode
+        info = item.stat()
+        mode = info.st_mode
     except OSError as exc:  # a dangling link, a link loop
         raise DataError(f"{printable(item.path)}: cannot read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(mode):
@@ -185,6 +206,7 @@ def _check_regular(item: os.DirEntry, folder: str) -> None:
     if not stat.S_ISREG(mode):
         raise DataError(f"{printable(item.path)}: is a {kind_of(mode)}, not a regular file (class folders hold "
                         "image files)")
+    return info
 
 
 def _sorted_entries(folder: Path) -> list[os.DirEntry]:

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import DataError
 from .cache import check_entry_key, decoded_cache_path, default_cache_dir, fingerprint, read_npz, write_npz
 from .class_folders import list_class_files
+from .image_tree import FileIdentities, _is_hidden
 from .files import MAX_IMAGE_BYTES, read_regular_file
 from .images import DEFAULT_RESIZE, decode_dataset_image
 
@@ -39,9 +40,11 @@ def has_test_folder(data: str | os.PathLike | None) -> bool:
     return data is not None and (Path(data).expanduser() / "test").is_dir()
 
 
-def _split_class_folders(root: Path) -> dict[tuple[int, int], str]:
-    """(device, inode) -> path of the class folders of ``root/train`` and ``root/test`` (their files unread)."""
+def _split_identities(root: Path) -> tuple[dict[tuple[int, int], str], FileIdentities]:
+    """(device, inode) -> path of the class folders of ``root/train`` and ``root/test``, and -> split and path of
+    their image files (stat only, one call per file, their contents unread)."""
     seen: dict[tuple[int, int], str] = {}
+    files: FileIdentities = {}
     for split in ("train", "test"):
         try:
             entries = list(os.scandir(root / split))
@@ -54,7 +57,22 @@ def _split_class_folders(root: Path) -> dict[tuple[int, int], str]:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 seen[(info.st_dev, info.st_ino)] = entry.path
-    return seen
+                _note_files(Path(entry.path), f"{split}/", files)
+    return seen, files
+
+
+def _note_files(folder: Path, split: str, files: FileIdentities) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # unreadable: the split's own reader reports it
+        return
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_ino and not _is_hidden(entry.name):  # hidden: not read
+            files.setdefault((info.st_dev, info.st_ino), (split, entry.path))
 
 
 def read_val_folder(folder: Path, classes: list[str], resize: str | None = None,
@@ -62,8 +80,9 @@ def read_val_folder(folder: Path, classes: list[str], resize: str | None = None,
     """The images of ``val/<class>/<image>`` as uint8 [N, 3, 32, 32] and their labels (indices into ``classes``,
     the training classes), ordered by class, then file name; decoded once, then read from the decoded cache
     (``cache_dir``, default $LOCALCONV_CACHE), keyed as an image tree's files are (data/cache.py)."""
-    # a val/ class folder that is a link to a train/ or test/ one would evaluate on those images
-    files = list_class_files(folder, min_per_class=1, seen_folders=_split_class_folders(folder.parent))
+    # a val/ class folder or image file that is a link to a train/ or test/ one would evaluate on those images
+    seen_folders, seen_files = _split_identities(folder.parent)
+    files = list_class_files(folder, min_per_class=1, seen_folders=seen_folders, seen_files=seen_files)
     if not files:
         raise DataError(f"{folder}: val/ holds no class folders (expected val/<class>/<image>, the classes of train/)")
     if set(files) != set(classes):

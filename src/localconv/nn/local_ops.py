@@ -35,7 +35,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.utils.weak
 
-from . import local_portable
+from . import local_onednn, local_portable
 
 Tensor = torch.Tensor
 
@@ -133,8 +133,10 @@ def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], spec: Spec, 
                                                local_portable.channels_last_format(x))
         return _triton().forward(x, weight, bias, spec)
     geo = _geometry(x.shape, weight.shape, spec)
-    return local_portable.forward(x, weight, bias, geo, local_portable.channels_last_format(x),
-                                  padded_out=padded_out)
+    fmt = local_portable.channels_last_format(x)
+    if local_onednn.usable(x):  # CPU float32: the same GEMMs as oneDNN convolutions (faster there)
+        return local_onednn.forward(x, weight, bias, geo, fmt, padded_out=padded_out)
+    return local_portable.forward(x, weight, bias, geo, fmt, padded_out=padded_out)
 
 
 def grad_input_impl(grad_out: Tensor, weight: Tensor, input_shape: List[int], spec: Spec, backend: str,

@@ -195,21 +195,27 @@ def _scratch(like: torch.Tensor, *shapes: Sequence[int]) -> list[torch.Tensor]:
     return views
 
 
+def input_windows(xp: torch.Tensor, geo: Geometry, r0: int, r1: int) -> torch.Tensor:
+    """A strided view of the input windows of output rows [r0, r1), ``[N, rows, *out[1:], *kernel, g, C/g]``,
+    from the padded channels-last input ``xp`` (stride and dilation in the strides)."""
+    n, c, g = geo.input_shape[0], geo.input_shape[1], geo.groups
+    strides = xp.stride()  # contiguous [N, *padded, C]
+    view = xp.as_strided(
+        (n, r1 - r0, *geo.out_size[1:], *geo.kernel, c),
+        (strides[0], *(s * st for s, st in zip(geo.stride, strides[1:-1])),
+         *(dl * st for dl, st in zip(geo.dilation, strides[1:-1])), 1),
+        xp.storage_offset() + r0 * geo.stride[0] * strides[1])
+    return view.unflatten(-1, (g, c // g))
+
+
 def _gather_columns(xp: torch.Tensor, geo: Geometry, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
     """Columns of output rows [r0, r1) into ``out`` ``[(r1-r0)*L', groups, N, K/groups]``."""
     n, c, g = geo.input_shape[0], geo.input_shape[1], geo.groups
     rows, rest = r1 - r0, geo.out_size[1:]
-    strides = xp.stride()  # contiguous [N, *padded, C]
-    # A strided view of every window: [N, rows, *rest, *kernel, C] (stride and dilation in the strides).
-    windows = xp.as_strided(
-        (n, rows, *rest, *geo.kernel, c),
-        (strides[0], *(s * st for s, st in zip(geo.stride, strides[1:-1])),
-         *(dl * st for dl, st in zip(geo.dilation, strides[1:-1])), 1),
-        xp.storage_offset() + r0 * geo.stride[0] * strides[1])
     d = geo.dims
-    windows = windows.unflatten(-1, (g, c // g))  # [N, rows, *rest, *kernel, g, cg]
+    windows_view = input_windows(xp, geo, r0, r1)  # [N, rows, *rest, *kernel, g, cg]
     order = (*range(1, d + 1), 2 * d + 1, 0, *range(d + 1, 2 * d + 1), 2 * d + 2)
-    source = windows.permute(order)  # [rows, *rest, g, N, *kernel, cg]
+    source = windows_view.permute(order)  # [rows, *rest, g, N, *kernel, cg]
     target = out.view(rows, *rest, g, n, *geo.kernel, c // g)
     # One copy per line of the last output dimension: each a copy of few dimensions (the last tap and
     # the channels coalesce into one run when undilated), which TensorIterator does several times

@@ -224,7 +224,8 @@ class Trainer:
         self._interrupted = False
         self.partial_epoch: dict[str, Any] | None = None  # loss sums of an epoch cut by a stop (LossMeter.state)
         self._log_at_checkpoint: int | None = None  # metrics.jsonl's size when the last checkpoint was committed
-        self._saved: tuple[int, str] | None = None  # step and stop reason of the last checkpoint written
+        self._saved: tuple[int, str] | None = None  # step and stop reason of the last checkpoint on disk
+        self._finished = False  # the training loop has ended: a signal now has nothing left to stop
         self.forward = self.model
         if dist_ctx is not None:
             from torch.nn.parallel import DistributedDataParallel
@@ -341,8 +342,9 @@ class Trainer:
         if not self.is_main:
             return
         optim_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        meta = self.metadata(complete)
         try:
-            save_checkpoint(self.run_dir, self.metadata(complete), self.model.state_dict(),
+            save_checkpoint(self.run_dir, meta, self.model.state_dict(),
                             self.ema.state_dict() if self.ema else None, optim_state,
                             best=None if self.state.best_step is None else (self.state.best_step, self.best_state))
             self.best_state = None  # written
@@ -350,7 +352,9 @@ class Trainer:
             self._rewind_log()  # the records of the epochs this checkpoint would have kept are lost with them
             raise
         self._log_at_checkpoint = log_size(self.run_dir / "metrics.jsonl")
-        self._saved = (self.state.step, self.stop_reason)
+        # the reason written, not self.stop_reason now: a signal handled while the files were written changed
+        # that one, and fit() must then correct run.json (recording the current one here hid the change)
+        self._saved = (int(meta["step"]), str(meta["stop_reason"]))
 
     def _rewind_log(self) -> None:
         if self._log_at_checkpoint is not None:
@@ -381,6 +385,7 @@ class Trainer:
         self.resumed_world_size = int(meta.get("world_size", 1))  # processes that trained the run so far
         self.init_from = meta.get("init_from")
         s.best_step, s.evals_since_best = meta.get("best_step"), int(meta.get("evals_since_best") or 0)
+        self._saved = (s.step, str(meta.get("stop_reason", "")))  # the checkpoint resumed from is on disk
 
     # ----------------------------------------------------------------- loop
     def log(self, record: dict[str, Any]) -> None:
@@ -588,6 +593,8 @@ class Trainer:
 
     def _handle_sigint(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill): finish the step, checkpoint, stop."""
+        if self._finished:  # the loop has ended and its last checkpoint records its reason: changing the reason
+            return          # now would make the caller report a stop that run.json does not say
         if self._interrupted:  # a second signal: stop now
             if self.dist is not None:  # torchrun forwards the signal the processes got already: a copy, not a
                 return                 # second request (torchrun escalates to SIGKILL itself); every rank must
@@ -599,6 +606,11 @@ class Trainer:
         self._interrupted = True
         self.should_stop = True
         self.stop_reason = "terminated" if signum == signal.SIGTERM else "interrupted"
+
+    def handle_signal(self, signum: int, frame: Any) -> None:
+        """The handler fit() installs for SIGINT and SIGTERM, for a caller to pass signals on to it outside fit()
+        (train's: a signal between fit()'s return and the process's exit must not end it silently)."""
+        self._handle_sigint(signum, frame)
 
     def fit(self) -> TrainState:
         """Train to the end (or until a callback or Ctrl-C stops it); returns the final state."""
@@ -630,6 +642,9 @@ class Trainer:
         mean = mean if self.model.needs_pixel_mean() else None
         fused = self._fused_runner() if self.step_mode != "eager" else None
         meter = LossMeter(self.device)
+        # the step of the last checkpoint on disk, the same on every rank (_saved is rank 0's until it saves)
+        saved_at = self._saved[0] if self._saved is not None else None
+        self._finished = False
         try:
             leave = False  # the same on every rank: a signal lands on each process at its own moment
             while s.step < self.total_steps and not leave:
@@ -646,6 +661,7 @@ class Trainer:
                 if fused is not None:
                     fused.start_epoch(plan, first)
                     fused.reset_loss_sum()
+                step0 = s.step
                 for k in range(first, epoch_steps):
                     # every rank must stop at the same step: decide on the agreed answer, never on the flag,
                     # which a signal handler may set on one rank right after this exchange
@@ -677,6 +693,12 @@ class Trainer:
                             meter.copy_from(fused.terms_sum, int(fused.finite_steps))
                         self.log({"kind": "step", "step": s.step, "epoch": self.clock.epoch_at(s.step),
                                   **meter.interval_means(), "lr": self.optimizer.param_groups[0]["lr"]})
+                if s.step == step0 and self.should_stop and saved_at == s.step:
+                    # a stop agreed before this pass took a step, right after a checkpoint at this step: that
+                    # epoch's record is logged and its weights saved; logging it again would repeat the record
+                    # (the reason is set in run.json below). should_stop and saved_at agree on every rank.
+                    leave = True
+                    continue
                 if fused is not None:
                     self._check_fused(fused)  # before any checkpoint: never save weights after a bad update
                     meter.copy_from(fused.terms_sum, int(fused.finite_steps))
@@ -734,15 +756,18 @@ class Trainer:
                         cb.on_epoch_end(self, record)
                 if done or self.should_stop or full_epoch % self.options.checkpoint_every == 0:
                     self.save(complete=done or self.stop_reason.startswith("early stop"))
+                    saved_at = s.step
                 leave = self._agree_to_stop()
+            self._finished = True  # from here on the reason is fixed: a later signal is ignored (_handle_sigint)
             if self.is_main and self._saved is not None and self._saved != (s.step, self.stop_reason) \
-                    and self._saved[0] == s.step:  # a signal that came while the last checkpoint was written
-                update_meta(self.run_dir, stop_reason=self.stop_reason)
+                    and self._saved[0] == s.step:  # a signal that came while (or after) the last checkpoint was
+                update_meta(self.run_dir, stop_reason=self.stop_reason)  # written: run.json says it too
         except NonFiniteLoss:
             bar.close()
             self.stop_reason = "non-finite loss"
             raise
         finally:
+            self._finished = True
             bar.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
