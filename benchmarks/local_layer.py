@@ -12,11 +12,12 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 Methods of localconv: local-portable (the portable backend with a plain contiguous weight, as
 LocallyConnected2d stores it on every device since issue 23; on CPU the op copies it taps-last once per
 forward for its GEMMs, and a float32 forward runs them as oneDNN convolutions; its ratio is the acceptance
-figure), with --before also local-portable-taps-last (the same op with the parameter itself stored
-taps-last, [*out, O, kh, kw, C] memory order: the layer's CPU layout before issue 23, built with
-local_portable.taps_last_weight), on CPU local-portable-bmm (the forward with oneDNN off,
-torch.backends.mkldnn.flags(enabled=False): its GEMMs as MKL bmm, the CPU forward before
-local_onednn) and, on CUDA, local-triton (fused kernels).
+figure), with --before also the code before its changes, side by side: local-portable-taps-last (the
+parameter itself stored taps-last, [*out, O, kh, kw, C] memory order, built with
+local_portable.taps_last_weight, and on CPU the forward's GEMMs as MKL bmm: the CPU code before
+issue 23) and on CPU local-portable-bmm (the contiguous parameter, the forward with oneDNN off,
+torch.backends.mkldnn.flags(enabled=False): the code before local_onednn), and on CUDA
+local-triton (fused kernels).
 
 Time: median over rounds of round-robin blocks of calls (all methods of a shape interleaved,
 so that load from other processes hits them alike), after a warm-up call. Peak memory: on CUDA,
@@ -38,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -144,7 +146,10 @@ def build_step(method: str, shape: Shape, device: str, dtype: torch.dtype = torc
             backend = method.split("-")[1]
             if method == "local-portable-taps-last":  # the parameter as LocallyConnected2d stored it before
                 params[0] = taps_last_weight(params[0].detach(), 2).requires_grad_()
-            if method == "local-portable-bmm":  # the CPU forward before its oneDNN path: MKL bmm GEMMs
+            if method in ("local-portable-bmm", "local-portable-taps-last") and device == "cpu":
+                # the CPU forward before its oneDNN path: MKL bmm GEMMs (taps-last: all the code before issue 23)
+                # (flags() also sets oneDNN's TF32 switch, which warns on builds without Intel GPU support)
+                warnings.filterwarnings("ignore", "TF32 acceleration on top of oneDNN")
                 def forward() -> torch.Tensor:
                     with torch.backends.mkldnn.flags(enabled=False):
                         return local_conv2d(x, params[0], params[1], 1, pad, backend=backend)
@@ -383,8 +388,8 @@ def worst_conv2d_line(rows: list[dict]) -> str:
 
 
 BEFORE_METHODS = {  # method -> what it measures: the CPU code before a change, side by side in the same run
-    "local-portable-taps-last": "before issue 23: the parameter itself stored taps-last",
-    "local-portable-bmm": "the forward's GEMMs as MKL bmm, before its oneDNN path",
+    "local-portable-taps-last": "before issue 23: the parameter stored taps-last, the forward's GEMMs as MKL bmm",
+    "local-portable-bmm": "the contiguous parameter, the forward's GEMMs as MKL bmm: before its oneDNN path",
 }
 
 
@@ -409,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", metavar="A,B", help="comma list (default: all)")
     parser.add_argument("--before", action="store_true",
                         help="also time the CPU code before its changes side by side (local-portable-taps-last: "
-                             "the parameter stored taps-last, the layout before issue 23; local-portable-bmm: the "
-                             "forward's GEMMs as MKL bmm, before its oneDNN path) and print after/before ratios")
+                             "the code before issue 23, the parameter stored taps-last and the forward's GEMMs as MKL "
+                             "bmm; local-portable-bmm: the contiguous parameter, before the oneDNN forward) and "
+                             "print after/before ratios")
     parser.add_argument("--statistic", choices=("median", "min"), default="median",
                         help="time statistic of the ratio table (min: least disturbed round, for loaded machines)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")

@@ -511,14 +511,21 @@ def test_benchmark_times_the_old_and_the_new_layout_side_by_side() -> None:
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # its dataclasses look their module up
     spec.loader.exec_module(bench)
-    assert bench.local_methods("cpu", before=True) == ["local-portable", "local-portable-taps-last"]
+    assert bench.local_methods("cpu", before=True) == ["local-portable", "local-portable-taps-last",
+                                                       "local-portable-bmm"]
+    assert set(bench.BEFORE_METHODS) == {"local-portable-taps-last", "local-portable-bmm"}
     shape = bench.Shape("tiny", 3, 4, 5, 6)
-    after, before = (bench.build_step(m, shape, "cpu") for m in ("local-portable", "local-portable-taps-last"))
-    after(), before()
+    after, before, bmm = (bench.build_step(m, shape, "cpu")
+                          for m in ("local-portable", "local-portable-taps-last", "local-portable-bmm"))
+    after(), before(), bmm()
     assert after.leaves[1].is_contiguous() and not before.leaves[1].is_contiguous()
-    for a, b in zip(after.leaves, before.leaves):
-        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    for a, b, c in zip(after.leaves, before.leaves, bmm.leaves):
+        assert torch.equal(a, b) and torch.equal(a, c)
+        # the taps-last parameter: the same maths; the bmm forward: another summation order
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-5)
     records = [{"shape": "tiny", "method": m, "seconds": s} for m, s in
-               (("local-portable", 3.0), ("local-portable-taps-last", 2.0))]
-    assert bench.before_after_line(records).endswith("tiny 1.50x")
+               (("local-portable", 3.0), ("local-portable-taps-last", 2.0), ("local-portable-bmm", 4.0))]
+    assert bench.before_after_line(records, "local-portable-taps-last").endswith("tiny 1.50x")
+    assert bench.before_after_line(records, "local-portable-bmm").endswith("tiny 0.75x")
     assert bench.kept_bytes() >= local_portable.scratch_bytes() > 0
