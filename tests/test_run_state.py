@@ -505,16 +505,16 @@ def test_a_second_sigterm_stops_at_once_with_sigterms_exit_code(capsys) -> None:
     from localconv.training.engine import Trainer
 
     first = SimpleNamespace(_interrupted=False, _finished=False, should_stop=False, stop_reason="", dist=None)
-    Trainer._handle_sigint(first, signal.SIGTERM, None)
+    Trainer.handle_signal(first, signal.SIGTERM, None)
     assert first.should_stop and first.stop_reason == "terminated"
     with pytest.raises(SystemExit) as info:
-        Trainer._handle_sigint(first, signal.SIGTERM, None)
+        Trainer.handle_signal(first, signal.SIGTERM, None)
     assert info.value.code == 143 and "second SIGTERM" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stays Ctrl-C
-        Trainer._handle_sigint(first, signal.SIGINT, None)
+        Trainer.handle_signal(first, signal.SIGINT, None)
     # once the loop has ended (its last checkpoint records why), a signal changes nothing: the report and
     # run.json must agree (issue 21)
     ended = SimpleNamespace(_interrupted=False, _finished=True, should_stop=False, stop_reason="", dist=None)
-    Trainer._handle_sigint(ended, signal.SIGTERM, None)
-    Trainer._handle_sigint(ended, signal.SIGINT, None)
+    Trainer.handle_signal(ended, signal.SIGTERM, None)
+    Trainer.handle_signal(ended, signal.SIGINT, None)
     assert not ended.should_stop and ended.stop_reason == ""

@@ -591,8 +591,10 @@ class Trainer:
         self.should_stop = self.should_stop or asked > 0
         return asked > 0
 
-    def _handle_sigint(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill): finish the step, checkpoint, stop."""
+    def handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill): finish the step, checkpoint, stop.
+        fit() installs it; a caller may pass signals on to it outside fit() (train's: a signal between fit()'s
+        return and the process's exit must not end it silently)."""
         if self._finished:  # the loop has ended and its last checkpoint records its reason: changing the reason
             return          # now would make the caller report a stop that run.json does not say
         if self._interrupted:  # a second signal: stop now
@@ -606,11 +608,6 @@ class Trainer:
         self._interrupted = True
         self.should_stop = True
         self.stop_reason = "terminated" if signum == signal.SIGTERM else "interrupted"
-
-    def handle_signal(self, signum: int, frame: Any) -> None:
-        """The handler fit() installs for SIGINT and SIGTERM, for a caller to pass signals on to it outside fit()
-        (train's: a signal between fit()'s return and the process's exit must not end it silently)."""
-        self._handle_sigint(signum, frame)
 
     def fit(self) -> TrainState:
         """Train to the end (or until a callback or Ctrl-C stops it); returns the final state."""
@@ -626,7 +623,7 @@ class Trainer:
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
-        old_handlers = ({sig: signal.signal(sig, self._handle_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = ({sig: signal.signal(sig, self.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
                         if _main_thread() else {})
         s = self.state
         showing = self.options.progress and self.is_main
@@ -758,7 +755,7 @@ class Trainer:
                     self.save(complete=done or self.stop_reason.startswith("early stop"))
                     saved_at = s.step
                 leave = self._agree_to_stop()
-            self._finished = True  # from here on the reason is fixed: a later signal is ignored (_handle_sigint)
+            self._finished = True  # from here on the reason is fixed: a later signal is ignored (handle_signal)
             if self.is_main and self._saved is not None and self._saved != (s.step, self.stop_reason) \
                     and self._saved[0] == s.step:  # a signal that came while (or after) the last checkpoint was
                 update_meta(self.run_dir, stop_reason=self.stop_reason)  # written: run.json says it too
