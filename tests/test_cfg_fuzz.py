@@ -32,6 +32,25 @@ VALUES = ["0", "1", "2", "3", "4", "5", "9", "16", "64", "-1", "0.5", "1e-3", ""
           "ü", "10"]
 
 
+def declared_classes(layers: str, default: int) -> int:
+    """The ``outputs`` of the layer the softmax reads, as the (valid) layer file says; ``default`` where that
+    layer declares none (the softmax reads a conv or pool layer)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in layers.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            current[key.strip()] = value.strip()
+    softmax = [s for s in sections.values() if s.get("type") == "softmax"]
+    if len(softmax) != 1:
+        return default
+    source = sections.get(softmax[0].get("inputs", ""), {})
+    return int(source["outputs"]) if "outputs" in source else default
+
+
 def check(layers: str, params: str | None, crop: int) -> None:
     try:
         model = build_cfg_model(layers, params, "layers.cfg", "params.cfg", crop=crop)
@@ -41,7 +60,10 @@ def check(layers: str, params: str | None, crop: int) -> None:
         return
     with torch.no_grad():
         logits = model(torch.randn(2, 3, crop, crop))
-    assert logits.shape == (2, 10)
+    # a file that builds may declare another class count (a mutated "outputs" of the softmax's fc layer: a valid
+    # 2-class network); training refuses it on 10-class data (CfgNet.check_classes)
+    assert logits.shape == (2, declared_classes(layers, default=model.num_classes))
+    assert logits.shape == (2, model.num_classes)
     if params is not None:
         groups = model.param_groups()
         assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
