@@ -2,6 +2,9 @@
 against the portable forward (oneDNN switched off), over the geometries the layers accept."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from local_reference import make_inputs, naive_local_conv
@@ -124,3 +127,82 @@ def test_a_taps_last_weight_gives_the_same_result() -> None:
     assert not taps_last.is_contiguous() and torch.equal(taps_last, w)
     torch.testing.assert_close(local_conv(x, taps_last, b, stride, pads, dilation, groups),
                                local_conv(x, w, b, stride, pads, dilation, groups), rtol=1e-6, atol=1e-6)
+
+
+def test_the_private_op_is_checked_before_use() -> None:
+    """torch.ops.mkldnn._convolution_pointwise_ is private: a torch whose op raises on our call or computes
+    something else must get the plain convolution, not a crash or a wrong output."""
+    real = torch.ops.mkldnn._convolution_pointwise_.binary
+
+    def wrong_schema(*args):  # noqa: ANN002, ANN202
+        raise TypeError("_convolution_pointwise_() got an unexpected argument")
+
+    def does_nothing(other, *args):  # noqa: ANN001, ANN002, ANN202
+        return other
+
+    def overwrites(other, inp, weight, *args):  # noqa: ANN001, ANN002, ANN202
+        return other.copy_(real(torch.zeros_like(other), inp, weight, *args))  # conv, without the add
+
+    assert local_onednn.checked_conv_add(wrong_schema) is None
+    assert local_onednn.checked_conv_add(does_nothing) is None
+    assert local_onednn.checked_conv_add(overwrites) is None
+    # the real op passes whatever torch's defaults and autocast state at the first call
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert local_onednn.checked_conv_add(real) is real
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_the_backward_probe_computes_the_layers_gradients() -> None:
+    """benchmarks/onednn_backward_probe.py times a oneDNN backward against the portable one: both must be the
+    layer's gradients, or its ratio means nothing."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "onednn_backward_probe.py"
+    spec = importlib.util.spec_from_file_location("onednn_backward_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    n, o, c, s, k = 3, 5, probe.CHANNELS, probe.SIDE, probe.KERNEL
+    x, w = torch.randn(n, c, s, s, dtype=torch.float64), torch.randn(s, s, o, c, k, k, dtype=torch.float64)
+    grad = torch.randn(n, o, s, s, dtype=torch.float64)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    want = torch.autograd.grad(naive_local_conv(xg, wg, None, (1, 1), (1, 1, 1, 1), (1, 1), 1), (xg, wg), grad)
+    for backward in (probe.OneDnnBackward(n, o), probe.portable_backward(n, o)):
+        got = backward(grad.float(), x.float(), w.float())
+        for g, wnt in zip(got, want):
+            torch.testing.assert_close(g.double(), wnt, rtol=1e-4, atol=1e-4)
+
+
+def test_the_first_use_may_be_under_vmap_grad_or_inference_mode() -> None:
+    """The check of the op runs on the first oneDNN forward of the process, whatever transform that is under."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        from localconv.nn import local_onednn
+        from localconv.nn.functional import local_conv
+        torch.manual_seed(0)
+        x, w = torch.randn(4, 3, 5, 5), torch.randn(3, 3, 2, 3, 3, 3)
+        ref = torch.stack([local_conv(xi[None], w, None, 1, 0)[0] for xi in x])  # with the check below reset
+        for first_use in ("vmap", "grad", "inference"):
+            local_onednn._CONV_ADD = local_onednn._UNCHECKED
+            if first_use == "vmap":
+                got = torch.func.vmap(lambda xi: local_conv(xi[None], w, None, 1, 0)[0])(x)
+            elif first_use == "grad":
+                got = torch.func.grad(lambda wi: local_conv(x, wi, None, 1, 0).sum())(w)
+                ref_grad = torch.autograd.grad(local_conv(x, w.requires_grad_(), None, 1, 0).sum(), w)[0]
+                w = w.detach()
+                torch.testing.assert_close(got, ref_grad)
+                got = local_conv(x, w, None, 1, 0)
+            else:
+                with torch.inference_mode():
+                    got = local_conv(x, w, None, 1, 0)
+            assert local_onednn._CONV_ADD is torch.ops.mkldnn._convolution_pointwise_.binary, first_use
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -38,14 +38,46 @@ def usable(x: torch.Tensor) -> bool:
 
 
 def _conv_add_op():  # noqa: ANN202
-    """oneDNN's in-place "convolution + add" (the op inductor fuses ``conv + x`` into), or None."""
+    """oneDNN's in-place "convolution + add" (the op inductor fuses ``conv + x`` into), or None where this
+    torch lacks it or its call (a private op, whose schema could change between versions) does not give
+    ``out + conv`` on a small grouped case (checked once, on first use: see :func:`_checked_conv_add`)."""
     try:
-        return torch.ops.mkldnn._convolution_pointwise_.binary
+        op = torch.ops.mkldnn._convolution_pointwise_.binary
     except (AttributeError, RuntimeError):
         return None
+    return checked_conv_add(op)
 
 
-_CONV_ADD = _conv_add_op()
+def checked_conv_add(op):  # noqa: ANN001, ANN201
+    """``op`` if it computes ``out += conv`` in place (grouped, channels-last, float32), else None."""
+    spatial, groups, width_in, width_out = 3, 2, 4, 5
+
+    def values(*shape: int) -> torch.Tensor:
+        # fixed, distinct values (no random op: the first call may run under vmap, whose default refuses them),
+        # float32 on the CPU whatever torch's defaults
+        return torch.arange(math.prod(shape), dtype=torch.float32, device="cpu").mul_(0.37).sin_().view(shape)
+
+    inp, out = values(spatial, groups * width_in), values(spatial, groups * width_out).flip(0).contiguous()
+    weight = values(groups * width_out, width_in, 1, 1)
+    with torch.autocast("cpu", enabled=False):  # float32 maths
+        want = out + F.conv2d(_as_image(inp, spatial), weight, None, 1, 0, 1, groups)[0, :, :, 0].t()
+        try:
+            op(_as_image(out, spatial), _as_image(inp, spatial), weight, None, [0, 0], [1, 1], [1, 1], groups,
+               "add", 1.0, None, [], None)
+        except (RuntimeError, TypeError, ValueError):
+            return None
+    return op if torch.allclose(out, want, rtol=1e-5, atol=1e-5) else None
+
+
+_UNCHECKED = object()
+_CONV_ADD = _UNCHECKED  # the op once checked (or None); tests may set None to take the fallback
+
+
+def _checked_conv_add():  # noqa: ANN202
+    global _CONV_ADD
+    if _CONV_ADD is _UNCHECKED:
+        _CONV_ADD = _conv_add_op()
+    return _CONV_ADD
 
 
 def _as_image(memory: torch.Tensor, spatial: int) -> torch.Tensor:
@@ -62,8 +94,9 @@ def _grouped_1x1(inp: torch.Tensor, weight: torch.Tensor, spatial: int, groups: 
     # (a fresh multi-MiB output written by oneDNN costs more to read back than the GEMM: page faults and
     # cache misses; the scratch buffer it adds into is warm)
     with torch.autocast("cpu", enabled=False):  # float32 maths, as the other passes
-        if _CONV_ADD is not None:
-            _CONV_ADD(_as_image(out, spatial), image, w4, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0,
+        conv_add = _checked_conv_add()
+        if conv_add is not None:
+            conv_add(_as_image(out, spatial), image, w4, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0,
                       None, [], None)
         else:
             out += F.conv2d(image, w4, None, 1, 0, 1, groups)[0, :, :, 0].t()
