@@ -1,9 +1,9 @@
 """CPU float32 forward of the locally connected layers as one oneDNN grouped 1x1 convolution per chunk.
 
 Per output position l (and group) the layer is a small GEMM (see :mod:`local_portable`). torch's batched
-matmul runs those through MKL, which on CPUs other than Intel's takes its AVX2 code (about 190 GFLOP/s
-on two AMD Zen 5 cores), while oneDNN, the library behind ``F.conv2d``, runs AVX-512 JIT kernels on any
-x86 CPU (300-410 GFLOP/s there on these shapes). So the forward's GEMMs are phrased as a convolution:
+matmul runs those through MKL, which on CPUs other than Intel's takes its AVX2 code, while oneDNN, the
+library behind ``F.conv2d``, runs AVX-512 JIT kernels on any x86 CPU (GEMM rates on a 2-core AMD EPYC:
+``benchmarks/onednn_backward_probe.py``, BENCHMARKS.md). So the forward's GEMMs are phrased as a convolution:
 
     A 1x1 convolution with ``G`` groups maps an input ``[1, G*I, S, 1]`` to ``[1, G*J, S, 1]``:
     ``out[s, g, j] = sum_i in[s, g, i] * W[g, j, i]``; in channels-last memory the input is
@@ -11,14 +11,16 @@ x86 CPU (300-410 GFLOP/s there on these shapes). So the forward's GEMMs are phra
 
 Here s = image, g = (position, group), i = K in (*kernel, c) order and j = O: the im2col columns
 ``[N, L, K]`` (gathered in chunks of output rows of at most ``local_portable.CPU_CHUNK_BYTES``, into the
-reused scratch buffer) and the weight in taps-last order ``[L, O, K]``. Measured on that machine, this
-forward takes 25-40% less time than the portable one on the cc-11pct shapes (benchmarks/local_layer.py).
-The backward stays the portable one: its fused per-tap GEMMs, which build no columns, beat a oneDNN
-formulation there (every formulation tried needs column or transposed copies that cost more than the
-faster GEMMs save). Results equal the portable forward's to float32 rounding (another summation order).
+reused scratch buffer) and the weight in taps-last order ``[L, O, K]``. On that machine the step
+(forward + backward) is mostly faster with it than with ``bmm``, most at N = 512 (``benchmarks/local_layer.py
+--before``; figures in BENCHMARKS.md). The backward stays the portable one: its fused per-tap GEMMs, which
+build no columns, beat on three of the four cc-11pct shapes, and match on the fourth, the oneDNN formulation
+that ``benchmarks/onednn_backward_probe.py`` times (it needs column and transposed copies). Results equal the
+portable forward's to float32 rounding (another summation order).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,10 +39,11 @@ def usable(x: torch.Tensor) -> bool:
             and torch.backends.mkldnn.enabled)
 
 
+@functools.cache
 def _conv_add_op():  # noqa: ANN202
     """oneDNN's in-place "convolution + add" (the op inductor fuses ``conv + x`` into), or None where this
-    torch lacks it or its call (a private op, whose schema could change between versions) does not give
-    ``out + conv`` on a small grouped case (checked once, on first use: see :func:`_checked_conv_add`)."""
+    torch lacks it or the call :func:`_add_conv` makes (a private op, whose schema could change between
+    versions) does not give ``out + conv`` on a small grouped case. Checked once, on first use."""
     try:
         op = torch.ops.mkldnn._convolution_pointwise_.binary
     except (AttributeError, RuntimeError):
@@ -49,35 +52,24 @@ def _conv_add_op():  # noqa: ANN202
 
 
 def checked_conv_add(op):  # noqa: ANN001, ANN201
-    """``op`` if it computes ``out += conv`` in place (grouped, channels-last, float32), else None."""
+    """``op`` if :func:`_add_conv` through it computes what it does through ``F.conv2d``, else None."""
     spatial, groups, width_in, width_out = 3, 2, 4, 5
 
     def values(*shape: int) -> torch.Tensor:
-        # fixed, distinct values (no random op: the first call may run under vmap, whose default refuses them),
-        # float32 on the CPU whatever torch's defaults
+        # fixed, distinct values (no random op: the global generator stays untouched), float32 on the CPU
+        # whatever torch's defaults
         return torch.arange(math.prod(shape), dtype=torch.float32, device="cpu").mul_(0.37).sin_().view(shape)
 
     inp, out = values(spatial, groups * width_in), values(spatial, groups * width_out).flip(0).contiguous()
     weight = values(groups * width_out, width_in, 1, 1)
     with torch.autocast("cpu", enabled=False):  # float32 maths
-        want = out + F.conv2d(_as_image(inp, spatial), weight, None, 1, 0, 1, groups)[0, :, :, 0].t()
+        want = out.clone()
+        _add_conv(None, want, inp, weight, spatial, groups)
         try:
-            op(_as_image(out, spatial), _as_image(inp, spatial), weight, None, [0, 0], [1, 1], [1, 1], groups,
-               "add", 1.0, None, [], None)
+            _add_conv(op, out, inp, weight, spatial, groups)
         except (RuntimeError, TypeError, ValueError):
             return None
     return op if torch.allclose(out, want, rtol=1e-5, atol=1e-5) else None
-
-
-_UNCHECKED = object()
-_CONV_ADD = _UNCHECKED  # the op once checked (or None); tests may set None to take the fallback
-
-
-def _checked_conv_add():  # noqa: ANN202
-    global _CONV_ADD
-    if _CONV_ADD is _UNCHECKED:
-        _CONV_ADD = _conv_add_op()
-    return _CONV_ADD
 
 
 def _as_image(memory: torch.Tensor, spatial: int) -> torch.Tensor:
@@ -86,20 +78,25 @@ def _as_image(memory: torch.Tensor, spatial: int) -> torch.Tensor:
     return memory.as_strided((1, channels, spatial, 1), (spatial * channels, 1, channels, channels))
 
 
+def _add_conv(op, out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, spatial: int,  # noqa: ANN001
+              groups: int) -> None:
+    """``out [S, G*J] += conv(inp [S, G, I], weight [G*J, I, 1, 1])`` through ``op`` (oneDNN's in-place
+    convolution + add), or ``F.conv2d`` and an add when ``op`` is None."""
+    image = _as_image(inp, spatial)
+    if op is None:
+        out += F.conv2d(image, weight, None, 1, 0, 1, groups)[0, :, :, 0].t()
+    else:
+        op(_as_image(out, spatial), image, weight, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0, None, [], None)
+
+
 def _grouped_1x1(inp: torch.Tensor, weight: torch.Tensor, spatial: int, groups: int, out: torch.Tensor) -> None:
     """``out [S, G*J] += conv``: ``inp`` memory ``[S, G, I]`` and ``weight`` ``[G*J, I]``, all contiguous; one
     oneDNN convolution (see the module docstring), whose result is added in place into ``out`` (zeroed or
     holding the bias)."""
-    image, w4 = _as_image(inp, spatial), weight.view(*weight.shape, 1, 1)
     # (a fresh multi-MiB output written by oneDNN costs more to read back than the GEMM: page faults and
     # cache misses; the scratch buffer it adds into is warm)
     with torch.autocast("cpu", enabled=False):  # float32 maths, as the other passes
-        conv_add = _checked_conv_add()
-        if conv_add is not None:
-            conv_add(_as_image(out, spatial), image, w4, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0,
-                      None, [], None)
-        else:
-            out += F.conv2d(image, w4, None, 1, 0, 1, groups)[0, :, :, 0].t()
+        _add_conv(_conv_add_op(), out, inp, weight.view(*weight.shape, 1, 1), spatial, groups)
 
 
 def _taps_last_rows(weight: torch.Tensor, geo: Geometry) -> torch.Tensor:
